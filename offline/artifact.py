@@ -1,0 +1,201 @@
+"""Model artifacts on disk: version directories (weights, item ids, popularity, manifest) and the current pointer."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from offline.model_numpy import WEIGHT_BIAS, WEIGHT_EMBEDDING, layer_weight_names
+from offline.session_arrays import ItemIndex
+from schemas import ModelManifest
+from schemas.manifest import ARTIFACT_FORMAT_VERSION
+
+CURRENT = "current"
+MANIFEST_FILE = "manifest.json"
+FILES = {"weights": "weights.npz", "item_ids": "item_ids.json", "popularity": "item_popularity.npy"}
+MAX_ARTIFACT_FILE_BYTES = 2 * 1024**3
+
+
+class ArtifactError(ValueError):
+    """The artifact is missing, malformed or inconsistent; the message says which and why (one line)."""
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A loaded, validated model version."""
+
+    path: Path  # the concrete version directory (never the ``current`` link)
+    manifest: ModelManifest
+    weights: dict[str, np.ndarray]
+    item_index: ItemIndex
+    popularity: np.ndarray  # (n_items,) training clicks per item index
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def new_version_name(now: float | None = None) -> str:
+    """Sortable, unique version name: UTC time to the second plus a random suffix."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def expected_shapes(n_items: int, hidden_size: int, layers: list[int]) -> dict[str, tuple[int, ...]]:
+    """Shape of every weight array for a model of this size (shared embedding: input size = hidden size)."""
+    shapes: dict[str, tuple[int, ...]] = {WEIGHT_EMBEDDING: (n_items, hidden_size), WEIGHT_BIAS: (n_items,)}
+    n_in = hidden_size
+    for layer, size in enumerate(layers):
+        w_ih, w_hh, b_ih, b_hh = layer_weight_names(layer)
+        shapes.update({w_ih: (n_in, 3 * size), w_hh: (size, 3 * size), b_ih: (3 * size,), b_hh: (3 * size,)})
+        n_in = size
+    return shapes
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_artifact(
+    models_dir: Path,
+    manifest: ModelManifest,
+    weights: dict[str, np.ndarray],
+    item_index: ItemIndex,
+    popularity: np.ndarray,
+    make_current: bool = True,
+) -> Path:
+    """Write a new version directory atomically (temp dir + rename), then optionally point ``current`` at it."""
+    _check_consistency(manifest, weights, item_index, popularity)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    final = models_dir / manifest.version
+    if final.exists():
+        raise ArtifactError(f"model version {manifest.version} already exists in {models_dir}")
+    staging = models_dir / f".tmp-{manifest.version}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        files = {**FILES, **manifest.files}
+        with open(staging / files["weights"], "wb") as handle:
+            arrays: dict[str, Any] = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_write(staging / files["item_ids"], json.dumps(item_index.ids.tolist()).encode())
+        with open(staging / files["popularity"], "wb") as handle:
+            np.save(handle, np.asarray(popularity, dtype=np.int64), allow_pickle=False)
+        final_manifest = manifest.model_copy(update={"files": files})
+        _fsync_write(staging / MANIFEST_FILE, final_manifest.model_dump_json(indent=2).encode())
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if make_current:
+        set_current(models_dir, manifest.version)
+    return final
+
+
+def set_current(models_dir: Path, version: str) -> None:
+    """Atomically repoint ``models_dir/current`` (a relative symlink) at an existing version."""
+    if not (models_dir / version / MANIFEST_FILE).is_file():
+        raise ArtifactError(f"no model version {version!r} in {models_dir}")
+    link = models_dir / f".{CURRENT}-{secrets.token_hex(4)}"
+    os.symlink(version, link)
+    os.replace(link, models_dir / CURRENT)
+
+
+def current_version(models_dir: Path) -> str | None:
+    """Version the ``current`` pointer names, or None when there is none."""
+    link = models_dir / CURRENT
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def list_versions(models_dir: Path) -> list[str]:
+    """Published versions (directories with a manifest), oldest first."""
+    if not models_dir.is_dir():
+        return []
+    return sorted(
+        p.name for p in models_dir.iterdir()
+        if not p.is_symlink() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+    )
+
+
+def _read_file(directory: Path, name: str) -> Path:
+    path = directory / name
+    if path.is_symlink() or not path.is_file():
+        raise ArtifactError(f"artifact file {name} is missing in {directory}")
+    if path.stat().st_size > MAX_ARTIFACT_FILE_BYTES:
+        raise ArtifactError(f"artifact file {name} in {directory} is larger than allowed")
+    return path
+
+
+def load_artifact(path: Path) -> ModelArtifact:
+    """Load and validate a version directory (or the ``current`` link, resolved once to its version)."""
+    directory = Path(path).resolve()
+    if not directory.is_dir():
+        raise ArtifactError(f"no model directory at {path}")
+    try:
+        manifest = ModelManifest.model_validate_json(_read_file(directory, MANIFEST_FILE).read_bytes())
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise ArtifactError(f"invalid manifest in {directory}: {where}: {first['msg']}") from None
+    if manifest.artifact_format_version != ARTIFACT_FORMAT_VERSION:
+        raise ArtifactError(f"unsupported artifact format {manifest.artifact_format_version} in {directory}")
+    missing = set(FILES) - set(manifest.files)
+    if missing:
+        raise ArtifactError(f"manifest in {directory} lists no file for {', '.join(sorted(missing))}")
+    files = manifest.files
+    try:
+        with np.load(_read_file(directory, files["weights"]), allow_pickle=False) as npz:
+            weights = {name: npz[name] for name in npz.files}
+        item_ids = json.loads(_read_file(directory, files["item_ids"]).read_text(encoding="utf-8"))
+        popularity = np.load(_read_file(directory, files["popularity"]), allow_pickle=False)
+    except ArtifactError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # truncated zip, bad JSON, pickles
+        raise ArtifactError(f"unreadable artifact in {directory}: {type(error).__name__}: {error}") from None
+    if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
+        raise ArtifactError(f"item id map in {directory} must be a JSON list of strings")
+    try:
+        item_index = ItemIndex(item_ids)
+    except (TypeError, ValueError) as error:
+        raise ArtifactError(f"item id map in {directory}: {error}") from None
+    _check_consistency(manifest, weights, item_index, popularity)
+    return ModelArtifact(directory, manifest, weights, item_index, popularity)
+
+
+def _check_consistency(
+    manifest: ModelManifest, weights: dict[str, np.ndarray], item_index: ItemIndex, popularity: np.ndarray
+) -> None:
+    layers = manifest.hyperparameters.get("layers", [manifest.hidden_size] * manifest.n_layers)
+    if not isinstance(layers, list) or len(layers) != manifest.n_layers or layers[-1] != manifest.hidden_size:
+        raise ArtifactError(f"manifest {manifest.version}: layers do not match n_layers/hidden_size")
+    expected = expected_shapes(manifest.n_items, manifest.hidden_size, layers)
+    if set(weights) != set(expected):
+        raise ArtifactError(
+            f"manifest {manifest.version}: weight arrays {sorted(weights)} differ from expected {sorted(expected)}"
+        )
+    for name, shape in expected.items():
+        array = weights[name]
+        if array.shape != shape or array.dtype.kind != "f":
+            raise ArtifactError(
+                f"manifest {manifest.version}: weight {name} has shape {array.shape} {array.dtype}, expected {shape}"
+            )
+        if not np.isfinite(array).all():
+            raise ArtifactError(f"manifest {manifest.version}: weight {name} contains NaN or infinity")
+    if len(item_index) != manifest.n_items:
+        raise ArtifactError(f"manifest {manifest.version}: {len(item_index)} item ids for n_items={manifest.n_items}")
+    if popularity.shape != (manifest.n_items,) or popularity.dtype.kind not in "iu" or (popularity < 0).any():
+        raise ArtifactError(f"manifest {manifest.version}: popularity must be {manifest.n_items} non-negative ints")

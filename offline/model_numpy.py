@@ -1,0 +1,85 @@
+"""GRU4REC forward pass in NumPy (serving backend): embed, GRU hidden step, score all items."""
+
+from __future__ import annotations
+
+import numpy as np
+
+WEIGHT_EMBEDDING = "item_embedding"  # (n_items, hidden) shared input embedding and output item vectors
+WEIGHT_BIAS = "item_bias"  # (n_items,)
+
+
+def layer_weight_names(layer: int) -> tuple[str, str, str, str]:
+    """Names of one GRU layer's weights: w_ih (n_in, 3h), w_hh (h, 3h), b_ih (3h,), b_hh (3h,); gates r, z, n."""
+    return (f"gru{layer}_w_ih", f"gru{layer}_w_hh", f"gru{layer}_b_ih", f"gru{layer}_b_hh")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free logistic
+
+
+def gru_step(
+    x: np.ndarray,  # (batch, n_in)
+    h: np.ndarray,  # (batch, hidden)
+    w_ih: np.ndarray,  # (n_in, 3 * hidden)
+    w_hh: np.ndarray,  # (hidden, 3 * hidden)
+    b_ih: np.ndarray,  # (3 * hidden,)
+    b_hh: np.ndarray,  # (3 * hidden,)
+) -> np.ndarray:  # (batch, hidden)
+    """One GRU step (PyTorch GRUCell semantics, as in the official GRU4Rec): reset gate applied after w_hh."""
+    size = h.shape[1]
+    gx = x @ w_ih + b_ih  # (batch, 3 * hidden)
+    gh = h @ w_hh + b_hh  # (batch, 3 * hidden)
+    r = _sigmoid(gx[:, :size] + gh[:, :size])
+    z = _sigmoid(gx[:, size : 2 * size] + gh[:, size : 2 * size])
+    n = np.tanh(gx[:, 2 * size :] + r * gh[:, 2 * size :])
+    return (1.0 - z) * n + z * h
+
+
+class GRU4RecNumpy:
+    """Inference-only GRU4REC over plain arrays; also a ``SessionScorer`` for the offline evaluation."""
+
+    name = "gru4rec"
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        self.embedding = np.ascontiguousarray(weights[WEIGHT_EMBEDDING], dtype=np.float32)
+        self.bias = np.ascontiguousarray(weights[WEIGHT_BIAS], dtype=np.float32)
+        self.layers: list[tuple[np.ndarray, ...]] = []
+        layer = 0
+        while layer_weight_names(layer)[0] in weights:
+            self.layers.append(
+                tuple(np.asarray(weights[n], dtype=np.float32) for n in layer_weight_names(layer))
+            )
+            layer += 1
+        self.n_items, self.hidden_size = self.embedding.shape
+        self._hidden = np.zeros((len(self.layers), 0, self.hidden_size), np.float32)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def embed(self, items: np.ndarray) -> np.ndarray:  # (batch,) -> (batch, hidden)
+        return self.embedding[items]
+
+    def hidden_step(self, x: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+        """Advance every layer by one click; hidden (n_layers, batch, hidden) -> new hidden, same shape."""
+        new_hidden = np.empty_like(hidden)
+        for layer, weights in enumerate(self.layers):
+            x = gru_step(x, hidden[layer], *weights)
+            new_hidden[layer] = x
+        return new_hidden
+
+    def score(self, output: np.ndarray) -> np.ndarray:  # (batch, hidden) -> (batch, n_items)
+        return output @ self.embedding.T + self.bias
+
+    def step_hidden(self, items: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+        """Apply clicks ``items`` (batch,) to ``hidden`` (n_layers, batch, hidden_size)."""
+        return self.hidden_step(self.embed(items), hidden)
+
+    # SessionScorer protocol (offline evaluation): one hidden state row per evaluated session.
+    def reset(self, n_sessions: int) -> None:
+        self._hidden = np.zeros((self.n_layers, n_sessions, self.hidden_size), np.float32)
+
+    def step(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        new_hidden = self.step_hidden(items, self._hidden[:, rows])
+        self._hidden[:, rows] = new_hidden
+        return self.score(new_hidden[-1])

@@ -1,0 +1,123 @@
+"""Sessions as flat NumPy arrays (events grouped by session) and the item-id <-> index map."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+UNKNOWN_ITEM = -1
+
+
+class ItemIndex:
+    """Dense, stable mapping between external item ids (strings) and row indices of the model."""
+
+    def __init__(self, item_ids: Iterable[str]) -> None:
+        ids = np.asarray(list(item_ids), dtype=object)
+        self._index: dict[str, int] = {}
+        for position, item_id in enumerate(ids):
+            if not isinstance(item_id, str):
+                raise TypeError(f"item ids must be strings, got {type(item_id).__name__}")
+            if item_id in self._index:
+                raise ValueError(f"duplicate item id {item_id!r} in item index")
+            self._index[item_id] = position
+        self.ids = ids  # (n_items,) index order
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._index
+
+    def get(self, item_id: str) -> int:
+        """Index of one item, or UNKNOWN_ITEM."""
+        return self._index.get(item_id, UNKNOWN_ITEM)
+
+    def lookup(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Indices for many items, UNKNOWN_ITEM where an id is not in the index."""
+        index = self._index
+        return np.fromiter((index.get(i, UNKNOWN_ITEM) for i in item_ids), dtype=np.int64)
+
+    def extended(self, new_ids: Iterable[str]) -> ItemIndex:
+        """A new index with unseen ids appended after the existing rows (existing rows keep their index)."""
+        fresh = [i for i in dict.fromkeys(new_ids) if i not in self._index]
+        return ItemIndex([*self.ids.tolist(), *fresh])
+
+    @classmethod
+    def from_events(cls, item_ids: Iterable[str]) -> ItemIndex:
+        """Index in order of first appearance."""
+        return cls(dict.fromkeys(item_ids))
+
+
+@dataclass(frozen=True)
+class SessionArrays:
+    """Events of many sessions, contiguous per session, time-ordered inside and by session start.
+
+    Session ``s`` owns events ``offsets[s]:offsets[s + 1]``.
+    """
+
+    item_idx: np.ndarray  # (n_events,) int64, UNKNOWN_ITEM allowed only before filtering
+    timestamps: np.ndarray  # (n_events,) float64 seconds since the epoch
+    offsets: np.ndarray  # (n_sessions + 1,) int64
+    session_ids: np.ndarray  # (n_sessions,) object (str)
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.item_idx)
+
+    @property
+    def lengths(self) -> np.ndarray:  # (n_sessions,)
+        return np.diff(self.offsets)
+
+    @property
+    def start_times(self) -> np.ndarray:  # (n_sessions,)
+        return self.timestamps[self.offsets[:-1]]
+
+    def session(self, s: int) -> np.ndarray:
+        return self.item_idx[self.offsets[s] : self.offsets[s + 1]]
+
+    @classmethod
+    def from_columns(
+        cls,
+        session_ids: np.ndarray,
+        item_ids: np.ndarray,
+        timestamps: np.ndarray,
+        item_index: ItemIndex,
+    ) -> SessionArrays:
+        """Group raw event columns into sessions.
+
+        Events inside a session are ordered by time, ties keeping their input order; sessions are ordered
+        by their first event's time, ties broken by session id. Items missing from ``item_index`` map to
+        UNKNOWN_ITEM (filter them before training or evaluation).
+        """
+        session_ids = np.asarray(session_ids).astype(str).astype(object)
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        n = len(session_ids)
+        if not (len(item_ids) == len(timestamps) == n):
+            raise ValueError("session_ids, item_ids and timestamps must have the same length")
+        if n == 0:
+            return cls(
+                np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(1, np.int64), np.zeros(0, object)
+            )
+        codes, uniques = _factorize(session_ids)
+        first_time = np.full(len(uniques), np.inf)
+        np.minimum.at(first_time, codes, timestamps)
+        # Session rank: by first event time, then by id (uniques are sorted, so code order = id order).
+        session_rank = np.empty(len(uniques), np.int64)
+        session_rank[np.lexsort((np.arange(len(uniques)), first_time))] = np.arange(len(uniques))
+        order = np.lexsort((np.arange(n), timestamps, session_rank[codes]))
+        sorted_codes = session_rank[codes][order]
+        boundaries = np.flatnonzero(np.diff(sorted_codes)) + 1
+        offsets = np.concatenate([[0], boundaries, [n]]).astype(np.int64)
+        item_idx = item_index.lookup(np.asarray(item_ids)[order])
+        return cls(item_idx, timestamps[order], offsets, session_ids[order][offsets[:-1]])
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    uniques, codes = np.unique(values, return_inverse=True)
+    return codes.astype(np.int64), uniques

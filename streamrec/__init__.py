@@ -1,0 +1,3 @@
+"""streamrec: streaming session-based next-item recommendation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,240 @@
+"""The ``streamrec`` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from offline.durations import parse_duration
+from offline.loaders import FORMATS
+from offline.settings import OfflineSettings
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", required=True, choices=FORMATS, help="input file format")
+    parser.add_argument("--session-gap", type=_duration, default=3600.0, metavar="DURATION",
+                        help="inactivity gap that cuts users into sessions (movielens, goodreads); default 1h")
+    parser.add_argument("--min-rating", type=float, default=None, help="drop ratings below this value")
+
+
+def _load(path: str, args: argparse.Namespace) -> Any:
+    from offline.loaders import load_events
+
+    return load_events(path, args.format, session_gap_s=args.session_gap, min_rating=args.min_rating)
+
+
+def _metric_table(rows: dict[str, dict[str, float]], cutoffs: Sequence[int] = (1, 5, 10, 20)) -> str:
+    header = f"{'model':<16}" + "".join(f"{m + '@' + str(k):>11}" for m in ("recall", "mrr", "ndcg") for k in cutoffs)
+    lines = [header]
+    for name, metrics in rows.items():
+        values = "".join(f"{metrics[f'{m}@{k}']:>11.4f}" for m in ("recall", "mrr", "ndcg") for k in cutoffs)
+        lines.append(f"{name:<16}{values}")
+    return "\n".join(lines)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from offline.prepare import prepare
+
+    report = prepare(
+        args.input, args.format, Path(args.out), session_gap_s=args.session_gap, min_rating=args.min_rating,
+        min_session_length=args.min_session_length, min_item_support=args.min_item_support,
+        test_days=args.test_days, valid_days=args.valid_days,
+    )
+    print(json.dumps(report, indent=2, sort_keys=True))
+
+
+def _params(args: argparse.Namespace) -> Any:
+    from offline.hyperparams import BPRMAX_REFERENCE, XE_REFERENCE, GRU4RecParams
+
+    base = {"default": GRU4RecParams(), "xe": XE_REFERENCE, "bpr-max": BPRMAX_REFERENCE}[args.preset]
+    values = base.model_dump()
+    if args.config:
+        try:
+            values.update(json.loads(Path(args.config).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as error:
+            raise CliError(f"cannot read config {args.config}: {error}") from None
+    flags = {
+        "loss": args.loss, "layers": args.layers, "batch_size": args.batch_size, "n_epochs": args.epochs,
+        "learning_rate": args.learning_rate, "momentum": args.momentum, "dropout_p_embed": args.dropout_embed,
+        "dropout_p_hidden": args.dropout_hidden, "n_sample": args.n_sample, "sample_alpha": args.sample_alpha,
+        "bpreg": args.bpreg, "elu_param": args.elu_param, "logq": args.logq, "seed": args.seed,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return GRU4RecParams.model_validate(values)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from offline.pipeline import train_version
+
+    params = _params(args)
+    train = _load(args.train, args)
+    valid = _load(args.valid, args) if args.valid else None
+    path, report, metrics = train_version(train, params, Path(args.out), valid, progress=args.progress)
+    print(f"model {path.name} written to {path} ({report.seconds:.1f} s, {report.events_per_s:.0f} events/s)")
+    if valid is not None:
+        print(_metric_table({"gru4rec (valid)": {k[len('valid_'):]: v for k, v in metrics.items()
+                                                  if k.startswith("valid_")}}))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from offline.artifact import load_artifact
+    from offline.pipeline import evaluate_artifact
+
+    artifact = load_artifact(Path(args.model))
+    test = _load(args.test, args)
+    train = _load(args.train, args) if args.train else None
+    metrics, kept = evaluate_artifact(artifact, test, train)
+    if args.json:
+        print(json.dumps({"model_version": artifact.version, "dropped_events": kept.dropped_events, **metrics},
+                         sort_keys=True))
+        return
+    print(f"model {artifact.version}: {int(metrics['n_predictions'])} predictions "
+          f"({kept.dropped_events} test events of unknown items or too-short sessions dropped)")
+    print(_metric_table({"gru4rec": metrics}))
+
+
+def cmd_baselines(args: argparse.Namespace) -> None:
+    from offline.pipeline import evaluate_baselines
+
+    results, kept = evaluate_baselines(_load(args.train, args), _load(args.test, args))
+    if args.json:
+        print(json.dumps({"dropped_events": kept.dropped_events, "baselines": results}, sort_keys=True))
+        return
+    print(_metric_table(results))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from offline.artifact import load_artifact
+    from offline.loaders import load_events
+    from offline.pipeline import evaluate_artifact, evaluate_baselines, train_version
+    from offline.prepare import prepare
+
+    settings = OfflineSettings()
+    prepared = settings.work_dir / "demo" / "prepared"
+    print(f"1/3 prepare {settings.demo_data} -> {prepared}")
+    report = prepare(settings.demo_data, "session-tsv", prepared)
+    print(json.dumps({k: report[k] for k in ("train", "valid", "test") if k in report}, sort_keys=True))
+    train = load_events(prepared / "train_full.tsv", "session-tsv")
+    test = load_events(prepared / "test.tsv", "session-tsv")
+    print(f"2/3 train GRU4REC on {len(train)} events -> {settings.models_dir}")
+    path, _, _ = train_version(train, _params(args), settings.models_dir, progress=args.progress)
+    print("3/3 evaluate on the last day (every next click, full catalogue, ties count against the model)")
+    metrics, _ = evaluate_artifact(load_artifact(path), test, train)
+    baselines, _ = evaluate_baselines(train, test)
+    print(_metric_table({**baselines, "gru4rec": metrics}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings = OfflineSettings()
+    parser = _Parser(prog="streamrec", description=__doc__)
+    parser.add_argument("--log-level", default=settings.log_level, help="logging level (env STREAMREC_LOG_LEVEL)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=settings.progress,
+                        help="hide progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    prepare = commands.add_parser("prepare", help="clean, sessionize and split a click log; write stats and plots")
+    prepare.add_argument("--input", required=True, help="click log file ('ml-100k' = MovieLens-100k from recbole)")
+    _add_format(prepare)
+    prepare.add_argument("--min-session-length", type=int, default=2)
+    prepare.add_argument("--min-item-support", type=int, default=5)
+    prepare.add_argument("--test-days", type=float, default=1.0)
+    prepare.add_argument("--valid-days", type=float, default=1.0)
+    prepare.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    prepare.set_defaults(func=cmd_prepare)
+
+    train = commands.add_parser("train", help="train GRU4REC and publish a new model version")
+    train.add_argument("--train", required=True, help="training click log")
+    _add_format(train)
+    train.add_argument("--valid", help="validation click log, evaluated after training")
+    train.add_argument("--out", default=str(settings.models_dir), help="models directory (env STREAMREC_MODELS_DIR)")
+    _add_hyperparameters(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="Recall/MRR/NDCG@k of a model version on a test log")
+    evaluate.add_argument("--model", required=True, help="model version directory or MODELS_DIR/current")
+    evaluate.add_argument("--test", required=True)
+    evaluate.add_argument("--train", help="training log: restrict the test to items seen in it")
+    _add_format(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    baselines = commands.add_parser("baselines", help="the same metrics for popularity, SR and V-SKNN")
+    baselines.add_argument("--train", required=True)
+    baselines.add_argument("--test", required=True)
+    _add_format(baselines)
+    baselines.add_argument("--json", action="store_true", help="print one JSON object")
+    baselines.set_defaults(func=cmd_baselines)
+
+    demo = commands.add_parser("demo", help="prepare, train and evaluate on the bundled YOOCHOOSE sample")
+    _add_hyperparameters(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_hyperparameters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="JSON file of hyperparameters")
+    parser.add_argument("--preset", choices=("default", "xe", "bpr-max"), default="default",
+                        help="start from the tuned default or an official reference setting")
+    parser.add_argument("--loss", choices=("cross-entropy", "bpr-max"))
+    parser.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 100 or 100,100")
+    for flag, kind in (("--batch-size", int), ("--epochs", int), ("--learning-rate", float), ("--momentum", float),
+                       ("--dropout-embed", float), ("--dropout-hidden", float), ("--n-sample", int),
+                       ("--sample-alpha", float), ("--bpreg", float), ("--elu-param", float), ("--logq", float),
+                       ("--seed", int)):
+        parser.add_argument(flag, type=kind)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"invalid {where}: {first['msg']}" if where else first["msg"]
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except (CliError, ValueError, OSError, ValidationError) as error:
+        # DataFormatError and ArtifactError are ValueErrors; nothing was published when they are raised.
+        print(f"streamrec {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"streamrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

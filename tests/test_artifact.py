@@ -1,0 +1,107 @@
+"""Model artifacts: round trip, atomic current pointer, and refusal of broken artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offline.artifact import (
+    ArtifactError,
+    current_version,
+    list_versions,
+    load_artifact,
+    set_current,
+    write_artifact,
+)
+from offline.model_tf import initial_weights
+from offline.session_arrays import ItemIndex
+from schemas import ModelManifest
+from schemas.manifest import TrainingWindow
+
+N_ITEMS, HIDDEN = 7, 4
+
+
+def _manifest(version: str) -> ModelManifest:
+    return ModelManifest(
+        version=version, created_at=1.0, training_window=TrainingWindow(start=0.0, end=10.0),
+        data_digest="0" * 64, hyperparameters={"layers": [HIDDEN], "loss": "bpr-max"}, n_items=N_ITEMS,
+        hidden_size=HIDDEN, n_layers=1,
+    )
+
+
+def _publish(models: Path, version: str = "v1", make_current: bool = True) -> Path:
+    weights = initial_weights(N_ITEMS, (HIDDEN,), seed=0)
+    index = ItemIndex([f"item{i}" for i in range(N_ITEMS)])
+    return write_artifact(models, _manifest(version), weights, index, np.arange(N_ITEMS), make_current)
+
+
+def test_round_trip_through_current(tmp_path: Path) -> None:
+    _publish(tmp_path, "v1")
+    artifact = load_artifact(tmp_path / "current")
+    assert artifact.version == "v1" and artifact.path == (tmp_path / "v1").resolve()
+    expected = initial_weights(N_ITEMS, (HIDDEN,), 0)["item_embedding"]
+    np.testing.assert_array_equal(artifact.weights["item_embedding"], expected)
+    assert artifact.item_index.ids.tolist() == [f"item{i}" for i in range(N_ITEMS)]
+    np.testing.assert_array_equal(artifact.popularity, np.arange(N_ITEMS))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "no temp leftovers"
+
+
+def test_current_moves_atomically_and_versions_are_listed(tmp_path: Path) -> None:
+    _publish(tmp_path, "v1")
+    _publish(tmp_path, "v2", make_current=False)
+    assert current_version(tmp_path) == "v1"
+    set_current(tmp_path, "v2")
+    assert current_version(tmp_path) == "v2" and list_versions(tmp_path) == ["v1", "v2"]
+    with pytest.raises(ArtifactError, match="no model version"):
+        set_current(tmp_path, "v3")
+    with pytest.raises(ArtifactError, match="already exists"):
+        _publish(tmp_path, "v1")
+
+
+def _break(tmp_path: Path, how: str) -> Path:
+    path = _publish(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    if how == "truncated weights":
+        data = (path / "weights.npz").read_bytes()
+        (path / "weights.npz").write_bytes(data[: len(data) // 2])
+    elif how == "wrong shape":
+        weights = dict(np.load(path / "weights.npz"))
+        weights["item_embedding"] = weights["item_embedding"][:, :3]
+        np.savez(path / "weights.npz", **weights)
+    elif how == "nan weights":
+        weights = dict(np.load(path / "weights.npz"))
+        weights["item_bias"][2] = np.nan
+        np.savez(path / "weights.npz", **weights)
+    elif how == "pickled popularity":
+        np.save(path / "item_popularity.npy", np.array([object()] * N_ITEMS), allow_pickle=True)
+    elif how == "n_items mismatch":
+        manifest["n_items"] = N_ITEMS + 1
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    elif how == "traversal":
+        manifest["files"]["weights"] = "../../etc/passwd"
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    elif how == "bad json":
+        (path / "manifest.json").write_text("{not json")
+    elif how == "missing ids":
+        os.remove(path / "item_ids.json")
+    elif how == "duplicate ids":
+        (path / "item_ids.json").write_text(json.dumps(["a"] * N_ITEMS))
+    elif how == "future format":
+        manifest["artifact_format_version"] = 99
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize("how", [
+    "truncated weights", "wrong shape", "nan weights", "pickled popularity", "n_items mismatch", "traversal",
+    "bad json", "missing ids", "duplicate ids", "future format",
+])
+def test_broken_artifacts_are_refused_with_one_line(tmp_path: Path, how: str) -> None:
+    path = _break(tmp_path, how)
+    with pytest.raises(ArtifactError) as error:
+        load_artifact(path)
+    assert "\n" not in str(error.value) and str(path.resolve()) in str(error.value) or "v1" in str(error.value)
