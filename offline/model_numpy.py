@@ -13,6 +13,30 @@ def layer_weight_names(layer: int) -> tuple[str, str, str, str]:
     return (f"gru{layer}_w_ih", f"gru{layer}_w_hh", f"gru{layer}_b_ih", f"gru{layer}_b_hh")
 
 
+def _uniform_init(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    sigma = np.sqrt(6.0 / (rows + cols))
+    return (rng.random((rows, cols), dtype=np.float32) * 2 * sigma - sigma).astype(np.float32)
+
+
+def initial_weights(n_items: int, layers: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+    """Initial weights as in the official implementation: uniform +-sqrt(6/(fan_in+fan_out)) per gate block."""
+    rng = np.random.default_rng(seed)
+    hidden = layers[-1]
+    weights = {
+        WEIGHT_EMBEDDING: _uniform_init(rng, n_items, hidden),  # constrained: input size = last layer size
+        WEIGHT_BIAS: np.zeros(n_items, np.float32),
+    }
+    n_in = hidden
+    for layer, size in enumerate(layers):
+        w_ih, w_hh, b_ih, b_hh = layer_weight_names(layer)
+        weights[w_ih] = np.hstack([_uniform_init(rng, n_in, size) for _ in range(3)])
+        weights[w_hh] = np.hstack([_uniform_init(rng, size, size) for _ in range(3)])
+        weights[b_ih] = np.zeros(3 * size, np.float32)
+        weights[b_hh] = np.zeros(3 * size, np.float32)
+        n_in = size
+    return weights
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free logistic
 

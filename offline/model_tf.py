@@ -25,30 +25,6 @@ def gru_step(
     return (1.0 - z) * n + z * h
 
 
-def _uniform_init(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
-    sigma = np.sqrt(6.0 / (rows + cols))
-    return (rng.random((rows, cols), dtype=np.float32) * 2 * sigma - sigma).astype(np.float32)
-
-
-def initial_weights(n_items: int, layers: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
-    """Initial weights as in the official implementation: uniform +-sqrt(6/(fan_in+fan_out)) per gate block."""
-    rng = np.random.default_rng(seed)
-    hidden = layers[-1]
-    weights = {
-        WEIGHT_EMBEDDING: _uniform_init(rng, n_items, hidden),  # constrained: input size = last layer size
-        WEIGHT_BIAS: np.zeros(n_items, np.float32),
-    }
-    n_in = hidden
-    for layer, size in enumerate(layers):
-        w_ih, w_hh, b_ih, b_hh = layer_weight_names(layer)
-        weights[w_ih] = np.hstack([_uniform_init(rng, n_in, size) for _ in range(3)])
-        weights[w_hh] = np.hstack([_uniform_init(rng, size, size) for _ in range(3)])
-        weights[b_ih] = np.zeros(3 * size, np.float32)
-        weights[b_hh] = np.zeros(3 * size, np.float32)
-        n_in = size
-    return weights
-
-
 class GRU4RecTF(tf.Module):
     """The trainable model; item rows (embedding, bias) are updated sparsely by the trainer."""
 

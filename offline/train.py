@@ -14,7 +14,8 @@ from tqdm import tqdm
 from offline.batching import MiniBatch, session_parallel_batches
 from offline.hyperparams import GRU4RecParams
 from offline.losses import bpr_max, cross_entropy_logq
-from offline.model_tf import GRU4RecTF, initial_weights
+from offline.model_numpy import initial_weights
+from offline.model_tf import GRU4RecTF
 from offline.sampling import SampleCache
 from offline.session_arrays import SessionArrays
 

@@ -17,7 +17,7 @@ from offline.artifact import (
     set_current,
     write_artifact,
 )
-from offline.model_tf import initial_weights
+from offline.model_numpy import initial_weights
 from offline.session_arrays import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow

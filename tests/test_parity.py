@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from offline.model_numpy import GRU4RecNumpy, gru_step
-from offline.model_tf import GRU4RecTF, initial_weights
+from offline.model_numpy import GRU4RecNumpy, gru_step, initial_weights
+from offline.model_tf import GRU4RecTF
 from offline.model_tf import gru_step as gru_step_tf
 
 

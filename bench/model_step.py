@@ -1,0 +1,72 @@
+"""Microbenchmark of the serving model step: µs per event for GRU step + full scoring + top-k, by batch size."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from offline.artifact import load_artifact, write_artifact
+from offline.model_numpy import initial_weights
+from offline.session_arrays import ItemIndex
+from schemas import ModelManifest
+from schemas.manifest import TrainingWindow
+from stream_worker.serving import ServingModel
+
+
+def serving_model(n_items: int, hidden: int, models_dir: Path) -> ServingModel:
+    """A random model of the given size, written and loaded as a real artifact."""
+    manifest = ModelManifest(
+        version=f"bench-{n_items}", created_at=0.0, training_window=TrainingWindow(start=0.0, end=0.0),
+        data_digest="0" * 64, hyperparameters={"layers": [hidden]}, n_items=n_items, hidden_size=hidden, n_layers=1,
+    )
+    index = ItemIndex([str(i) for i in range(n_items)])
+    weights = initial_weights(n_items, (hidden,), seed=0)
+    path = write_artifact(models_dir, manifest, weights, index, np.ones(n_items, np.int64), make_current=False)
+    return ServingModel(load_artifact(path))
+
+
+def per_event_us(n_items: int, batch: int, hidden: int, k: int, seconds: float) -> tuple[float, float]:
+    """(µs per event for step + score + top-k, µs per event for the GRU step alone)."""
+    with tempfile.TemporaryDirectory() as models_dir:
+        model = serving_model(n_items, hidden, Path(models_dir))
+    rng = np.random.default_rng(0)
+    state = np.zeros((1, batch, hidden), np.float32)
+    items = rng.integers(0, n_items, size=(256, batch))
+    timings = []
+    for full in (True, False):
+        events, started, i = 0, time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            state = model.step(state, items[i % 256])
+            if full:
+                model.recommend(state[-1], k)
+            events += batch
+            i += 1
+        timings.append((time.perf_counter() - started) / events * 1e6)
+    return timings[0], timings[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hidden", type=int, default=100)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    args = parser.parse_args()
+    print(f"{'items':>7}{'batch':>7}{'us/event':>11}{'step only':>11}{'events/s':>11}")
+    results = {}
+    for n_items in (3_000, 40_000):
+        for batch in (1, 64, 512):
+            full, step = per_event_us(n_items, batch, args.hidden, args.k, args.seconds)
+            results[(n_items, batch)] = full
+            print(f"{n_items:>7}{batch:>7}{full:>11.1f}{step:>11.1f}{1e6 / full:>11.0f}")
+    # Baseline in the same run: batch 1 (one event at a time) against batching at 64 and 512.
+    print(" ".join(
+        f"us_per_event_{n // 1000}k_b{b}={results[(n, b)]:.1f}" for n, b in sorted(results)
+    ) + f" speedup_3k_b64_vs_b1={results[(3000, 1)] / results[(3000, 64)]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The Faust worker: clicks topic -> sessions table (RocksDB + changelog) -> predictions topic, top to bottom."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import EventT
+from pydantic import ValidationError
+
+from offline.artifact import ArtifactError, current_version
+from schemas import ClickEvent, DeadLetter, ModelManifest
+from stream_worker.model_holder import ModelHolder
+from stream_worker.processor import Click, process_batch
+from stream_worker.session_state import SessionState, StateDecodeError, last_timestamp_of
+from stream_worker.settings import WorkerSettings
+from stream_worker.stats import WorkerStats, prometheus_text
+from stream_worker.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+class StreamrecApp(faust.App):
+    """faust.App on the patched aiokafka transport (fetch wait, verified end offsets)."""
+
+    fetch_max_wait_ms: int = 1500
+
+    def _new_transport(self) -> Any:
+        return Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+
+def _set_current_event(event: EventT) -> None:
+    """Table reads and changelog writes go to the partition of the current event (take_events leaves it unset)."""
+    faust.streams._current_event.set(weakref.ref(event))  # type: ignore[attr-defined]
+
+
+def _key(session_id: str) -> bytes:
+    return session_id.encode("utf-8", "surrogatepass")
+
+
+def parse_click(raw: Any, key: bytes | None, max_bytes: int) -> tuple[ClickEvent | None, str, str]:
+    """(event, error_type, reason): the event when valid, else why it goes to the dead-letter topic."""
+    if not isinstance(raw, bytes | bytearray):
+        return None, "invalid_payload", "message value is empty"
+    if len(raw) > max_bytes:
+        return None, "payload_too_large", f"message of {len(raw)} bytes exceeds the limit of {max_bytes}"
+    try:
+        click = ClickEvent.model_validate_json(raw)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "event"
+        kind = "invalid_json" if first["type"] == "json_invalid" else "validation"
+        return None, kind, f"{where}: {first['msg']} ({error.error_count()} error(s))"
+    if key is None or key != _key(click.session_id):
+        return None, "key_mismatch", "message key must be the session id (co-partitioning with the sessions table)"
+    return click, "", ""
+
+
+def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
+    """Create the app with its topics, table, agents, timers and web views."""
+    app = StreamrecApp(
+        settings.app_id,
+        broker=settings.broker_url(),
+        broker_credentials=settings.faust_credentials(),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=10.0,
+        broker_commit_interval=settings.commit_interval_s,
+        producer_acks=-1,
+        producer_linger_ms=settings.producer_linger_ms,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_in_thread=False,
+    )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    stats = WorkerStats()
+
+    clicks_topic = app.topic(settings.clicks_topic, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    predictions_topic = app.topic(settings.predictions_topic, partitions=settings.partitions)
+    dead_letter_topic = app.topic(settings.dead_letter_topic, partitions=1)
+    model_updates_topic = app.topic(settings.model_updates_topic, key_type=bytes, value_type=bytes, partitions=1)
+    sessions = app.Table("sessions", key_type=bytes, value_type=bytes, partitions=settings.partitions)
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        return await app.producer.send(topic, key, value, None, None, None)
+
+    async def dead_letter(event: EventT, error_type: str, reason: str) -> Any:
+        message = event.message
+        letter = DeadLetter.from_raw(
+            raw=message.value if isinstance(message.value, bytes) else b"", error=reason, error_type=error_type,
+            topic=message.topic, partition=message.partition, offset=message.offset, received_at=time.time(),
+        )
+        stats.dead_letters += 1
+        stats.dead_letters_by_type[error_type] = stats.dead_letters_by_type.get(error_type, 0) + 1
+        return await send(settings.dead_letter_topic, message.key, letter.model_dump_json().encode())
+
+    def load_state(key: bytes) -> SessionState | None:
+        raw = sessions.get(key)
+        if raw is None:
+            return None
+        try:
+            return SessionState.decode(raw)
+        except StateDecodeError as error:
+            stats.corrupt_states += 1
+            log.warning("session %r: stored state unreadable (%s); starting it afresh", key, error)
+            return None
+
+    async def handle(events: Sequence[EventT]) -> None:
+        received_at = time.time()
+        model = holder.model
+        deliveries: list[Any] = []
+        clicks: dict[str, list[Click]] = {}
+        last_event: dict[str, EventT] = {}
+        for event in events:
+            message = event.message
+            stats.note_offset(message.partition, message.offset)
+            click, error_type, reason = parse_click(message.value, message.key, settings.max_message_bytes)
+            if click is None:
+                deliveries.append(await dead_letter(event, error_type, reason))
+                continue
+            clicks.setdefault(click.session_id, []).append(Click(click, message.partition, message.offset))
+            last_event[click.session_id] = event
+            stats.note_event_time(message.partition, click.timestamp)
+        states: dict[str, SessionState | None] = {}
+        for session_id, event in last_event.items():
+            _set_current_event(event)
+            states[session_id] = load_state(_key(session_id))
+        outcome = process_batch(model, clicks, states, settings.top_k, settings.ring_size, received_at)
+        for session_id, payload in outcome.predictions:
+            deliveries.append(await send(settings.predictions_topic, _key(session_id), payload))
+        await asyncio.gather(*deliveries)  # predictions are out before the state that follows them is persisted
+        for session_id, state in outcome.states.items():
+            _set_current_event(last_event[session_id])
+            sessions[_key(session_id)] = state.encode()
+        stats.note_batch(len(events), outcome, time.time() - received_at)
+        if stats.expiry_due(settings.expiry_interval_s):
+            expire_sessions(events)
+
+    def expire_sessions(events: Sequence[EventT]) -> None:
+        """Drop sessions idle for longer than the TTL in event time (per partition watermark)."""
+        store: Any = sessions.data
+        event_of_partition = {event.message.partition: event for event in events}
+        for partition, event in event_of_partition.items():
+            watermark = stats.watermark(partition)
+            db = store._dbs.get(partition)  # Faust's RocksDB store keeps one database per partition
+            if db is None or watermark is None:
+                continue
+            expired = []
+            for key, value in store._visible_items(db):
+                try:
+                    if watermark - last_timestamp_of(value) > settings.session_ttl_s:
+                        expired.append(key)
+                except StateDecodeError:
+                    expired.append(key)
+            _set_current_event(event)
+            for key in expired:
+                del sessions[key]
+            stats.expired += len(expired)
+            if expired:
+                log.info("partition %d: expired %d idle sessions", partition, len(expired))
+
+    @app.agent(clicks_topic)
+    async def process_clicks(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            await handle(events)
+
+    @app.agent(model_updates_topic)
+    async def model_updates(stream: Any) -> None:
+        async for raw in stream:
+            try:
+                manifest = ModelManifest.model_validate_json(raw)
+            except ValidationError as error:
+                log.error("ignored model update: invalid manifest (%s)", error.errors(include_url=False)[0]["msg"])
+                holder.failures += 1
+                continue
+            await holder.load_version(manifest.version)
+
+    @app.timer(settings.model_poll_s)
+    async def follow_current_pointer() -> None:
+        await holder.follow_current()
+
+    @app.task
+    async def declare_output_topics() -> None:
+        for topic in (predictions_topic, dead_letter_topic, model_updates_topic):
+            await topic.maybe_declare()
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "model_version": holder.model.version})
+
+    @app.page("/stats")
+    async def stats_view(web: Any, request: Any) -> Any:
+        return web.json(stats.snapshot(holder, _lags(app, settings), _table_size(sessions)))
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        text = prometheus_text(stats.snapshot(holder, _lags(app, settings), _table_size(sessions)))
+        return web.text(text, content_type="text/plain; version=0.0.4")
+
+    app.streamrec_stats = stats  # type: ignore[attr-defined]
+    return app
+
+
+def _lags(app: faust.App, settings: WorkerSettings) -> dict[int, int]:
+    """Per assigned clicks partition: high-water mark minus the next offset to process."""
+    stats: WorkerStats = app.streamrec_stats  # type: ignore[attr-defined]
+    lags = {}
+    try:
+        assignment = app.consumer.assignment()
+    except Exception:  # consumer not started yet
+        return {}
+    for tp in assignment:
+        if tp.topic != settings.clicks_topic:
+            continue
+        highwater = app.consumer.highwater(tp)
+        if highwater is not None:
+            lags[tp.partition] = max(int(highwater) - stats.next_offset(tp.partition), 0)
+    return lags
+
+
+def _table_size(sessions: Any) -> int:
+    """Approximate number of sessions held (RocksDB's key estimate over this worker's partitions)."""
+    total = 0
+    for db in sessions.data._dbs.values():
+        total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+    return total
+
+
+def models_dir_ready(models_dir: Path) -> str:
+    """Version the worker will start with; a clear error when there is none."""
+    version = current_version(models_dir)
+    if version is None:
+        raise ArtifactError(f"no model in {models_dir}: train one first (streamrec train ... --out {models_dir})")
+    return version

@@ -1,0 +1,148 @@
+"""One batch of valid clicks -> new session states and one prediction per click (pure: no Kafka, no Faust)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas import ClickEvent
+from stream_worker.serving import ServingModel
+from stream_worker.session_state import NO_EVENT, SessionState, event_hash, item_hash
+
+PATH_MODEL = "model"
+PATH_POPULARITY = "popularity"
+
+
+@dataclass(frozen=True)
+class Click:
+    """A validated click and where it came from."""
+
+    event: ClickEvent
+    partition: int
+    offset: int
+
+
+@dataclass
+class BatchOutcome:
+    """What processing a batch produced."""
+
+    predictions: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, Prediction JSON), in order
+    states: dict[str, SessionState] = field(default_factory=dict)  # sessions that changed
+    duplicates: int = 0  # clicks already applied (redelivered or re-sent): state not advanced, no prediction
+    recomputed: int = 0  # sessions whose state came from an older model version, rebuilt from their ring
+    by_path: dict[str, int] = field(default_factory=lambda: {PATH_MODEL: 0, PATH_POPULARITY: 0})
+
+
+def is_duplicate(state: SessionState, click: Click) -> bool:
+    """Already applied: offset not newer than the last applied one, or the same event id as the last one."""
+    if click.offset <= state.last_offset:
+        return True
+    event_id = click.event.event_id
+    return event_id is not None and state.last_event_hash != NO_EVENT and event_hash(event_id) == state.last_event_hash
+
+
+def prediction_json(
+    click: Click,
+    items: np.ndarray,  # (k,) item indices, best first
+    scores: np.ndarray,  # (k,)
+    model: ServingModel,
+    path: str,
+    produced_at: float,
+    received_at: float,
+) -> bytes:
+    """Serialise one Prediction (fields and types as schemas.Prediction; a test validates the output)."""
+    event = click.event
+    return json.dumps({
+        "schema_version": 1,
+        "session_id": event.session_id,
+        "event_id": event.event_id,
+        "partition": click.partition,
+        "offset": click.offset,
+        "items": model.item_ids[items].tolist(),
+        "scores": scores.astype(float).tolist(),
+        "model_version": model.version,
+        "path": path,
+        "event_timestamp": event.timestamp,
+        "produced_at": produced_at,
+        "latency_ms": max(produced_at - received_at, 0.0) * 1000.0,
+    }, separators=(",", ":")).encode()
+
+
+def new_state(model: ServingModel) -> SessionState:
+    return SessionState(model.version, model.zero_hidden())
+
+
+def process_batch(
+    model: ServingModel,
+    clicks_by_session: dict[str, list[Click]],
+    states: dict[str, SessionState | None],
+    k: int,
+    ring_size: int,
+    received_at: float,
+) -> BatchOutcome:
+    """Apply each session's clicks in order, batched across sessions, and predict after every click.
+
+    Clicks on items the model does not know leave the hidden state as it is (they still enter the ring);
+    a session with no known click yet gets the popularity top-k.
+    """
+    outcome = BatchOutcome()
+    session_ids = list(clicks_by_session)
+    current: list[SessionState] = []
+    fresh: list[list[Click]] = []
+    for session_id in session_ids:
+        state = states.get(session_id) or new_state(model)
+        if state.model_version != model.version:
+            state.hidden, state.known_count = model.recompute(state.ring)
+            state.model_version = model.version
+            outcome.recomputed += 1
+        clicks = []
+        for click in clicks_by_session[session_id]:
+            if is_duplicate(state, click):
+                outcome.duplicates += 1
+                continue
+            clicks.append(click)
+            # Mark as applied now so a duplicate later in the same batch is caught too.
+            state.last_offset = click.offset
+            state.last_event_hash = event_hash(click.event.event_id) if click.event.event_id else NO_EVENT
+        current.append(state)
+        fresh.append(clicks)
+    hidden = np.stack([s.hidden for s in current], axis=1) if current else None  # (n_layers, n_sessions, size)
+    longest = max((len(c) for c in fresh), default=0)
+    for position in range(longest):
+        rows = [r for r, clicks in enumerate(fresh) if len(clicks) > position]
+        items = np.array([model.index_of(fresh[r][position].event.item_id) for r in rows], dtype=np.int64)
+        known = items >= 0
+        if known.any() and hidden is not None:
+            stepped = [r for r, ok in zip(rows, known, strict=True) if ok]
+            hidden[:, stepped] = model.step(hidden[:, stepped], items[known])
+        for r, ok in zip(rows, known, strict=True):
+            state, click = current[r], fresh[r][position]
+            state.ring.append(item_hash(click.event.item_id))
+            if len(state.ring) > ring_size:
+                del state.ring[: len(state.ring) - ring_size]
+            state.event_count += 1
+            state.known_count += int(ok)
+            state.last_timestamp = max(state.last_timestamp, click.event.timestamp)
+        model_rows = [r for r in rows if current[r].known_count > 0]
+        top = model.recommend(hidden[-1, model_rows], k) if model_rows and hidden is not None else None
+        popular = model.popular(k)
+        produced_at = time.time()
+        slot = {r: i for i, r in enumerate(model_rows)}
+        for r in rows:
+            click = fresh[r][position]
+            if top is not None and r in slot:
+                items, scores, path = top.items[slot[r]], top.scores[slot[r]], PATH_MODEL
+            else:
+                items, scores, path = popular.items[0], popular.scores[0], PATH_POPULARITY
+            outcome.by_path[path] += 1
+            outcome.predictions.append(
+                (session_ids[r], prediction_json(click, items, scores, model, path, produced_at, received_at))
+            )
+    for r, session_id in enumerate(session_ids):
+        if fresh[r] and hidden is not None:
+            current[r].hidden = hidden[:, r].copy()
+            outcome.states[session_id] = current[r]
+    return outcome

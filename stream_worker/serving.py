@@ -1,0 +1,96 @@
+"""The model as the worker serves it: NumPy GRU4REC, item lookup by id or hash, batched top-k."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from offline.artifact import ModelArtifact
+from offline.model_numpy import GRU4RecNumpy
+from stream_worker.session_state import item_hash
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Top-k items of many sessions, best first."""
+
+    items: np.ndarray  # (batch, k) item indices
+    scores: np.ndarray  # (batch, k) float32
+
+
+def top_k(scores: np.ndarray, k: int) -> TopK:
+    """Best ``k`` columns of each row, sorted by score (descending; equal scores by item index)."""
+    n_items = scores.shape[1]
+    k = min(k, n_items)
+    if k < n_items:
+        part = np.argpartition(scores, n_items - k, axis=1)[:, n_items - k :]  # (batch, k), unordered
+    else:
+        part = np.broadcast_to(np.arange(k), (scores.shape[0], k))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    items = np.take_along_axis(part, order, axis=1)
+    return TopK(items, np.take_along_axis(part_scores, order, axis=1))
+
+
+class ServingModel:
+    """One loaded model version, immutable once built; swapped as a whole on a model update."""
+
+    def __init__(self, artifact: ModelArtifact) -> None:
+        self.version = artifact.version
+        self.artifact_path = artifact.path
+        self.network = GRU4RecNumpy(artifact.weights)
+        self.item_ids = artifact.item_index.ids  # (n_items,) object
+        self._index_of_id = {item_id: i for i, item_id in enumerate(self.item_ids.tolist())}
+        self._index_of_hash = {item_hash(item_id): i for item_id, i in self._index_of_id.items()}
+        self._popularity = np.asarray(artifact.popularity, dtype=np.float32)[None, :]  # (1, n_items)
+        self._popular: dict[int, TopK] = {}
+
+    @property
+    def n_layers(self) -> int:
+        return self.network.n_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.network.hidden_size
+
+    def popular(self, k: int) -> TopK:
+        """The k most clicked training items: the fallback for a session with no known item."""
+        if k not in self._popular:
+            self._popular[k] = top_k(self._popularity, k)
+        return self._popular[k]
+
+    def index_of(self, item_id: str) -> int:
+        """Item index, or -1 for an item the model does not know."""
+        return self._index_of_id.get(item_id, -1)
+
+    def zero_hidden(self) -> np.ndarray:  # (n_layers, hidden_size)
+        return np.zeros((self.n_layers, self.hidden_size), np.float32)
+
+    def step(self, hidden: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Apply one click per session: hidden (n_layers, batch, hidden_size), items (batch,) -> new hidden."""
+        return self.network.step_hidden(items, hidden)
+
+    def recommend(self, output: np.ndarray, k: int, rows_per_chunk: int = 64) -> TopK:
+        """Top-k next items for last-layer outputs (batch, hidden_size); scored in chunks that stay in cache."""
+        embedding_t, bias = self.network.embedding.T, self.network.bias
+        chunks = []
+        for first in range(0, len(output), rows_per_chunk):
+            scores = output[first : first + rows_per_chunk] @ embedding_t  # (chunk, n_items)
+            scores += bias
+            chunks.append(top_k(scores, k))
+        if len(chunks) == 1:
+            return chunks[0]
+        return TopK(np.concatenate([c.items for c in chunks]), np.concatenate([c.scores for c in chunks]))
+
+    def recompute(self, ring: Sequence[int]) -> tuple[np.ndarray, int]:
+        """Hidden state (n_layers, hidden_size) from a ring of item hashes, and how many of them are known."""
+        hidden = self.zero_hidden()[:, None, :]  # (n_layers, 1, hidden_size)
+        known = 0
+        for hashed in ring:
+            index = self._index_of_hash.get(hashed)
+            if index is not None:
+                hidden = self.step(hidden, np.array([index]))
+                known += 1
+        return hidden[:, 0, :], known

@@ -1,0 +1,91 @@
+"""Per-session state as bytes with an explicit, versioned layout (the value of the ``sessions`` table)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LAYOUT_VERSION = 1
+NO_OFFSET = -1
+NO_EVENT = 0
+# layout, n_layers, hidden_size, last_offset, last_event_hash, last_timestamp, event_count, known_count,
+# ring_len, version_len
+_HEADER = struct.Struct("<BBHqQdIIHB")
+MAX_VERSION_BYTES = 64
+
+
+def item_hash(item_id: str) -> int:
+    """64-bit hash of an item id: the ring stores these, so it outlives item index changes between models."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def event_hash(event_id: str) -> int:
+    """Non-zero 64-bit hash of a producer event id."""
+    return item_hash(event_id) or 1
+
+
+class StateDecodeError(ValueError):
+    """Bytes in the sessions table are not a session state of a known layout."""
+
+
+@dataclass
+class SessionState:
+    """What the worker keeps per session.
+
+    ``hidden`` belongs to ``model_version``; ``ring`` holds hashes of the last clicked items (oldest first,
+    known and unknown to the model alike) so a new model version can recompute the hidden state.
+    """
+
+    model_version: str
+    hidden: np.ndarray  # (n_layers, hidden_size) float32
+    ring: list[int] = field(default_factory=list)  # item hashes, oldest first
+    last_offset: int = NO_OFFSET  # source offset of the last applied click (its partition is fixed by the key)
+    last_event_hash: int = NO_EVENT  # hash of the last applied click's event id, if it had one
+    last_timestamp: float = 0.0  # event time of the last applied click
+    event_count: int = 0  # clicks applied (known and unknown items)
+    known_count: int = 0  # clicks that moved the hidden state under model_version
+
+    def encode(self) -> bytes:
+        version = self.model_version.encode()
+        if len(version) > MAX_VERSION_BYTES:
+            raise ValueError("model version longer than 64 bytes")
+        n_layers, hidden_size = self.hidden.shape
+        header = _HEADER.pack(
+            LAYOUT_VERSION, n_layers, hidden_size, self.last_offset, self.last_event_hash, self.last_timestamp,
+            min(self.event_count, 0xFFFFFFFF), min(self.known_count, 0xFFFFFFFF), len(self.ring), len(version),
+        )
+        ring = np.asarray(self.ring, dtype="<u8").tobytes()
+        return b"".join((header, version, ring, np.ascontiguousarray(self.hidden, dtype="<f4").tobytes()))
+
+    @classmethod
+    def decode(cls, data: bytes) -> SessionState:
+        if len(data) < _HEADER.size:
+            raise StateDecodeError(f"session state too short ({len(data)} bytes)")
+        (layout, n_layers, hidden_size, last_offset, last_event_hash, last_timestamp, event_count, known_count,
+         ring_len, version_len) = _HEADER.unpack_from(data)
+        if layout != LAYOUT_VERSION:
+            raise StateDecodeError(f"unknown session state layout {layout}")
+        expected = _HEADER.size + version_len + 8 * ring_len + 4 * n_layers * hidden_size
+        if len(data) != expected:
+            raise StateDecodeError(f"session state has {len(data)} bytes, layout says {expected}")
+        position = _HEADER.size
+        version = data[position : position + version_len].decode()
+        position += version_len
+        ring = np.frombuffer(data, dtype="<u8", count=ring_len, offset=position).tolist()
+        position += 8 * ring_len
+        hidden = np.frombuffer(data, dtype="<f4", offset=position).reshape(n_layers, hidden_size).copy()
+        return cls(version, hidden, ring, last_offset, last_event_hash, last_timestamp, event_count, known_count)
+
+
+_LAST_TIMESTAMP = struct.Struct("<d")
+_LAST_TIMESTAMP_AT = 20  # after layout, n_layers, hidden_size, last_offset, last_event_hash
+
+
+def last_timestamp_of(data: bytes) -> float:
+    """Event time of a stored session's last click, read without decoding the rest (for expiry scans)."""
+    if len(data) < _HEADER.size or data[0] != LAYOUT_VERSION:
+        raise StateDecodeError("not a session state")
+    return float(_LAST_TIMESTAMP.unpack_from(data, _LAST_TIMESTAMP_AT)[0])

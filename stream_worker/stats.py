@@ -1,0 +1,121 @@
+"""Worker counters for /stats and Prometheus text exposition."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stream_worker.processor import BatchOutcome
+
+
+class _Holder(Protocol):
+    swaps: int
+    failures: int
+    last_error: str
+
+    @property
+    def model(self) -> Any: ...
+
+
+@dataclass
+class WorkerStats:
+    """Counters since start; offsets and event-time watermarks per partition."""
+
+    started_at: float = field(default_factory=time.time)
+    events: int = 0
+    batches: int = 0
+    predictions: int = 0
+    duplicates: int = 0
+    recomputed: int = 0
+    expired: int = 0
+    corrupt_states: int = 0
+    dead_letters: int = 0
+    dead_letters_by_type: dict[str, int] = field(default_factory=dict)
+    predictions_by_path: dict[str, int] = field(default_factory=dict)
+    last_batch_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    _next_offset: dict[int, int] = field(default_factory=dict)
+    _watermark: dict[int, float] = field(default_factory=dict)
+    _last_expiry: float = field(default_factory=time.monotonic)
+
+    def note_offset(self, partition: int, offset: int) -> None:
+        self._next_offset[partition] = max(self._next_offset.get(partition, 0), offset + 1)
+
+    def next_offset(self, partition: int) -> int:
+        return self._next_offset.get(partition, 0)
+
+    def note_event_time(self, partition: int, timestamp: float) -> None:
+        if timestamp > self._watermark.get(partition, float("-inf")):
+            self._watermark[partition] = timestamp
+
+    def watermark(self, partition: int) -> float | None:
+        return self._watermark.get(partition)
+
+    def note_batch(self, n_events: int, outcome: BatchOutcome, seconds: float) -> None:
+        self.events += n_events
+        self.batches += 1
+        self.predictions += len(outcome.predictions)
+        self.duplicates += outcome.duplicates
+        self.recomputed += outcome.recomputed
+        for path, count in outcome.by_path.items():
+            self.predictions_by_path[path] = self.predictions_by_path.get(path, 0) + count
+        self.last_batch_seconds = seconds
+        self.busy_seconds += seconds
+
+    def expiry_due(self, interval_s: float) -> bool:
+        now = time.monotonic()
+        if now - self._last_expiry < interval_s:
+            return False
+        self._last_expiry = now
+        return True
+
+    def snapshot(self, holder: _Holder, lags: dict[int, int], sessions: int) -> dict[str, Any]:
+        return {
+            "uptime_s": time.time() - self.started_at,
+            "model_version": holder.model.version,
+            "model_swaps": holder.swaps,
+            "model_load_failures": holder.failures,
+            "model_last_error": holder.last_error,
+            "events": self.events,
+            "batches": self.batches,
+            "predictions": self.predictions,
+            "predictions_by_path": dict(self.predictions_by_path),
+            "duplicates": self.duplicates,
+            "recomputed_sessions": self.recomputed,
+            "expired_sessions": self.expired,
+            "corrupt_states": self.corrupt_states,
+            "dead_letters": self.dead_letters,
+            "dead_letters_by_type": dict(self.dead_letters_by_type),
+            "sessions": sessions,
+            "lag": {str(p): lag for p, lag in sorted(lags.items())},
+            "lag_total": sum(lags.values()),
+            "last_batch_seconds": self.last_batch_seconds,
+            "busy_seconds": self.busy_seconds,
+        }
+
+
+def prometheus_text(snapshot: dict[str, Any]) -> str:
+    """Prometheus text format (0.0.4) of a stats snapshot."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP streamrec_{name} {help_text}")
+        lines.append(f"# TYPE streamrec_{name} {kind}")
+        lines.extend(f"streamrec_{name}{labels} {value}" for labels, value in samples)
+
+    metric("events_total", "counter", "Click messages consumed.", [("", snapshot["events"])])
+    metric("predictions_total", "counter", "Predictions published, by path.",
+           [(f'{{path="{p}"}}', n) for p, n in snapshot["predictions_by_path"].items()])
+    metric("dead_letters_total", "counter", "Messages sent to the dead-letter topic, by error type.",
+           [(f'{{type="{t}"}}', n) for t, n in snapshot["dead_letters_by_type"].items()])
+    metric("duplicates_total", "counter", "Clicks already applied (not applied again).", [("", snapshot["duplicates"])])
+    metric("expired_sessions_total", "counter", "Sessions dropped by the idle TTL.",
+           [("", snapshot["expired_sessions"])])
+    metric("model_swaps_total", "counter", "Model versions swapped in.", [("", snapshot["model_swaps"])])
+    metric("model_load_failures_total", "counter", "Model versions refused.", [("", snapshot["model_load_failures"])])
+    metric("sessions", "gauge", "Sessions held in the table (estimate).", [("", snapshot["sessions"])])
+    metric("consumer_lag", "gauge", "Clicks not yet processed, by partition.",
+           [(f'{{partition="{p}"}}', lag) for p, lag in snapshot["lag"].items()])
+    metric("model_info", "gauge", "Model version served.", [(f'{{version="{snapshot["model_version"]}"}}', 1)])
+    return "\n".join(lines) + "\n"

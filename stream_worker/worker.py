@@ -1,0 +1,23 @@
+"""Run the Faust worker process (what ``streamrec worker`` calls)."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from stream_worker.app import build_app
+from stream_worker.model_holder import ModelHolder
+from stream_worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: WorkerSettings, log_level: str = "info") -> None:
+    """Load the current model (fails fast without one), build the app and run until SIGTERM/SIGINT."""
+    holder = ModelHolder(settings.models_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = build_app(settings, holder)
+    log.info("worker %s serving model %s from %s", settings.app_id, holder.model.version, settings.models_dir)
+    worker = faust.Worker(app, loglevel=log_level, quiet=True, override_logging=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,112 @@
+"""Batch processing of clicks: state codec, idempotency, unknown items, version change, parity with offline scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offline.artifact import load_artifact, write_artifact
+from offline.model_numpy import GRU4RecNumpy, initial_weights
+from offline.session_arrays import ItemIndex
+from schemas import ClickEvent, ModelManifest, Prediction
+from schemas.manifest import TrainingWindow
+from stream_worker.processor import Click, process_batch
+from stream_worker.serving import ServingModel, top_k
+from stream_worker.session_state import SessionState, StateDecodeError, item_hash
+
+N_ITEMS, HIDDEN = 40, 8
+
+
+def _model(tmp_path: Path, version: str = "v1", seed: int = 0) -> ServingModel:
+    rng = np.random.default_rng(seed)
+    weights = {k: (v + rng.normal(0, 0.5, v.shape)).astype(np.float32)
+               for k, v in initial_weights(N_ITEMS, (HIDDEN,), seed).items()}
+    manifest = ModelManifest(
+        version=version, created_at=0.0, training_window=TrainingWindow(start=0.0, end=1.0), data_digest="0" * 64,
+        hyperparameters={"layers": [HIDDEN]}, n_items=N_ITEMS, hidden_size=HIDDEN, n_layers=1,
+    )
+    index = ItemIndex([f"i{n}" for n in range(N_ITEMS)])
+    path = write_artifact(tmp_path, manifest, weights, index, np.arange(N_ITEMS)[::-1].copy(), make_current=False)
+    return ServingModel(load_artifact(path))
+
+
+def _click(session: str, item: str, offset: int, event_id: str | None = None) -> Click:
+    event = ClickEvent(session_id=session, item_id=item, timestamp=1000.0 + offset, event_id=event_id)
+    return Click(event, partition=0, offset=offset)
+
+
+def test_state_codec_round_trip_and_refusal() -> None:
+    state = SessionState("v1", np.arange(16, dtype=np.float32).reshape(2, 8), [1, 2**64 - 1], 41, 7, 12.5, 3, 2)
+    data = state.encode()
+    back = SessionState.decode(data)
+    assert back.ring == [1, 2**64 - 1] and back.last_offset == 41 and back.known_count == 2
+    np.testing.assert_array_equal(back.hidden, state.hidden)
+    assert len(data) == 39 + 2 + 16 + 64  # header + version + ring + hidden
+    for broken in (data[:-1], b"\x07" + data[1:], b""):
+        with pytest.raises(StateDecodeError):
+            SessionState.decode(broken)
+
+
+def test_top_k_orders_by_score_then_index() -> None:
+    top = top_k(np.array([[0.1, 0.9, 0.5, 0.9, 0.0]]), 3)
+    assert top.items.tolist() == [[1, 3, 2]]
+
+
+def test_predictions_match_offline_scores_for_any_batch_split(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    offline = GRU4RecNumpy(load_artifact(model.artifact_path).weights)
+    rng = np.random.default_rng(1)
+    sessions = {f"s{n}": rng.integers(0, N_ITEMS, size=rng.integers(1, 7)).tolist() for n in range(12)}
+    offsets = iter(range(10_000))
+    clicks = {s: [_click(s, f"i{i}", next(offsets)) for i in items] for s, items in sessions.items()}
+    # All at once, and one click at a time (state carried through the encoded bytes).
+    together = process_batch(model, clicks, {}, k=5, ring_size=50, received_at=0.0)
+    states: dict[str, SessionState | None] = {}
+    one_by_one: list[tuple[str, bytes]] = []
+    for s, session_clicks in clicks.items():
+        for click in session_clicks:
+            out = process_batch(model, {s: [click]}, states, k=5, ring_size=50, received_at=0.0)
+            one_by_one += out.predictions
+            states[s] = SessionState.decode(out.states[s].encode())
+    for outcome in (together.predictions, one_by_one):
+        by_session: dict[str, list[list[str]]] = {}
+        for session_id, payload in outcome:
+            prediction = Prediction.model_validate_json(payload)
+            assert prediction.path == "model" and prediction.model_version == "v1"
+            by_session.setdefault(session_id, []).append(prediction.items)
+        for s, items in sessions.items():
+            offline.reset(1)
+            for position, item in enumerate(items):
+                scores = offline.step(np.array([0]), np.array([item]))[0]
+                assert by_session[s][position] == [f"i{i}" for i in np.argsort(-scores, kind="stable")[:5]]
+    assert together.states.keys() == sessions.keys()
+
+
+def test_duplicates_unknown_items_and_popularity_fallback(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    first = process_batch(model, {"a": [_click("a", "new-item", 5, "e5")]}, {}, k=3, ring_size=4, received_at=0.0)
+    state = first.states["a"]
+    prediction = Prediction.model_validate_json(first.predictions[0][1])
+    assert prediction.path == "popularity" and prediction.items == ["i0", "i1", "i2"]  # most clicked first
+    assert state.known_count == 0 and state.event_count == 1 and np.all(state.hidden == 0)
+    assert state.ring == [item_hash("new-item")]
+    again = process_batch(
+        model, {"a": [_click("a", "new-item", 5, "e5"), _click("a", "i3", 6, "e5"), _click("a", "i3", 7, "e7")]},
+        {"a": state}, k=3, ring_size=4, received_at=0.0,
+    )
+    # offset 5 (redelivered) and event id e5 (re-sent with a new offset) are duplicates: one prediction.
+    assert again.duplicates == 2 and len(again.predictions) == 1
+    assert again.states["a"].known_count == 1 and again.states["a"].last_offset == 7
+
+
+def test_model_change_recomputes_state_from_ring(tmp_path: Path) -> None:
+    old, new = _model(tmp_path, "v1", seed=0), _model(tmp_path, "v2", seed=1)
+    clicks = [_click("a", f"i{i}", n) for n, i in enumerate([3, 9, 4])]
+    state = process_batch(old, {"a": clicks}, {}, k=5, ring_size=50, received_at=0.0).states["a"]
+    on_new = process_batch(new, {"a": [_click("a", "i7", 10)]}, {"a": state}, k=5, ring_size=50, received_at=0.0)
+    fresh = process_batch(new, {"a": [*clicks, _click("a", "i7", 10)]}, {}, k=5, ring_size=50, received_at=0.0)
+    assert on_new.recomputed == 1 and on_new.states["a"].model_version == "v2"
+    np.testing.assert_allclose(on_new.states["a"].hidden, fresh.states["a"].hidden, atol=1e-6)
+    assert on_new.predictions[-1][1].split(b'"scores"')[0] == fresh.predictions[-1][1].split(b'"scores"')[0]
