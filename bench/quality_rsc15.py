@@ -28,7 +28,8 @@ def main() -> None:
     print(
         f"gru4rec_recall20={gru['recall@20']:.4f} gru4rec_mrr20={gru['mrr@20']:.4f} "
         f"vsknn_recall20={knn['recall@20']:.4f} vsknn_mrr20={knn['mrr@20']:.4f} "
-        f"train_events_per_s={gru['train_events_per_s']:.0f}"
+        f"train_events_per_s={gru['train_events_per_s']:.0f} "
+        f"recall20_ratio={gru['recall@20'] / knn['recall@20']:.3f} mrr20_ratio={gru['mrr@20'] / knn['mrr@20']:.3f}"
     )
 
 

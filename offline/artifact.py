@@ -140,6 +140,20 @@ def _read_file(directory: Path, name: str) -> Path:
     return path
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def _read(directory: Path, name: str, reader: Any) -> Any:
+    """Read one artifact file; any parse failure (truncated zip, bad JSON, pickled array) names the file."""
+    path = _read_file(directory, name)
+    try:
+        return reader(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ArtifactError(f"unreadable {name} in {directory}: {type(error).__name__}: {error}") from None
+
+
 def load_artifact(path: Path) -> ModelArtifact:
     """Load and validate a version directory (or the ``current`` link, resolved once to its version)."""
     directory = Path(path).resolve()
@@ -156,16 +170,9 @@ def load_artifact(path: Path) -> ModelArtifact:
     missing = set(FILES) - set(manifest.files)
     if missing:
         raise ArtifactError(f"manifest in {directory} lists no file for {', '.join(sorted(missing))}")
-    files = manifest.files
-    try:
-        with np.load(_read_file(directory, files["weights"]), allow_pickle=False) as npz:
-            weights = {name: npz[name] for name in npz.files}
-        item_ids = json.loads(_read_file(directory, files["item_ids"]).read_text(encoding="utf-8"))
-        popularity = np.load(_read_file(directory, files["popularity"]), allow_pickle=False)
-    except ArtifactError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # truncated zip, bad JSON, pickles
-        raise ArtifactError(f"unreadable artifact in {directory}: {type(error).__name__}: {error}") from None
+    weights = _read(directory, manifest.files["weights"], _read_npz)
+    item_ids = _read(directory, manifest.files["item_ids"], lambda p: json.loads(p.read_text(encoding="utf-8")))
+    popularity = _read(directory, manifest.files["popularity"], lambda p: np.load(p, allow_pickle=False))
     if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
         raise ArtifactError(f"item id map in {directory} must be a JSON list of strings")
     try:

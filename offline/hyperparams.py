@@ -8,7 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class GRU4RecParams(BaseModel):
-    """Everything that defines one GRU4REC training run (stored in the model manifest)."""
+    """Everything that defines one GRU4REC training run (stored in the model manifest).
+
+    Defaults: the official BPR-max reference with hidden dropout 0.2, the best of a small search on the
+    YOOCHOOSE sample (docs/benchmarks.md).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -19,7 +23,7 @@ class GRU4RecParams(BaseModel):
     learning_rate: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.4, ge=0, lt=1)
     dropout_p_embed: float = Field(default=0.5, ge=0, lt=1)
-    dropout_p_hidden: float = Field(default=0.05, ge=0, lt=1)
+    dropout_p_hidden: float = Field(default=0.2, ge=0, lt=1)
     n_sample: int = Field(default=2048, ge=0)
     sample_alpha: float = Field(default=0.4, ge=0, le=1)
     bpreg: float = Field(default=1.95, ge=0)

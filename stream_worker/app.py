@@ -62,8 +62,8 @@ def parse_click(raw: Any, key: bytes | None, max_bytes: int) -> tuple[ClickEvent
     return click, "", ""
 
 
-def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
-    """Create the app with its topics, table, agents, timers and web views."""
+def make_faust_app(settings: WorkerSettings) -> StreamrecApp:
+    """The Faust app configured for streamrec (at-least-once, RocksDB, short group timeouts for tansu)."""
     app = StreamrecApp(
         settings.app_id,
         broker=settings.broker_url(),
@@ -89,6 +89,12 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         web_in_thread=False,
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    return app
+
+
+def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
+    """Create the app with its topics, table, agents, timers and web views."""
+    app = make_faust_app(settings)
     stats = WorkerStats()
 
     clicks_topic = app.topic(settings.clicks_topic, key_type=bytes, value_type=bytes, partitions=settings.partitions)

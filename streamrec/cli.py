@@ -6,7 +6,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -150,6 +153,130 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(_metric_table({**baselines, "gru4rec": metrics}))
 
 
+# ------------------------------------------------------------------------------------------ streaming tools
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {text}")
+    return value
+
+
+def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", metavar="HOST:PORT[,...]",
+                        help="Kafka bootstrap servers (env STREAMREC_BOOTSTRAP_SERVERS; default localhost:9092)")
+
+
+def _worker_settings(args: argparse.Namespace) -> Any:
+    from stream_worker.settings import WorkerSettings
+
+    overrides = {"bootstrap_servers": args.bootstrap} if getattr(args, "bootstrap", None) else {}
+    return WorkerSettings(**overrides)
+
+
+def _quiet_kafka(args: argparse.Namespace) -> None:
+    """kafka-python logs every connection at INFO: keep its warnings only, unless --log-level debug."""
+    if args.log_level.upper() != "DEBUG":
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def cmd_broker(args: argparse.Namespace) -> None:
+    from stream_worker.broker import BrokerError, EmbeddedBroker
+
+    _quiet_kafka(args)
+    broker = EmbeddedBroker(port=args.port or None, log_path=Path(args.log) if args.log else None)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            broker.start()
+        except BrokerError as error:
+            raise CliError(str(error)) from None
+        print(f"broker listening on {broker.bootstrap} (tansu pid {broker.pid}, memory storage: topics are lost "
+              "when it stops); Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            if not broker.running:
+                raise CliError(f"the tansu broker on {broker.bootstrap} exited unexpectedly")
+    finally:
+        code = broker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"broker stopped (exit code {code})", flush=True)
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from kafka.errors import KafkaError
+
+    from stream_worker.replay import ReplayError, replay_events
+
+    _quiet_kafka(args)
+    settings = _worker_settings(args)
+    topic = args.topic or settings.clicks_topic
+    frame = _load(args.input, args)
+    started = time.monotonic()
+    try:
+        sent = replay_events(frame, settings.kafka_python_config(), topic, rate=args.rate, speedup=args.speedup,
+                             limit=args.limit, progress=args.progress, partitions=settings.partitions)
+    except (ReplayError, KafkaError) as error:
+        raise CliError(str(error)) from None
+    seconds = time.monotonic() - started
+    print(f"sent {sent} events to {topic} at {settings.bootstrap_servers} in {seconds:.2f} s "
+          f"({sent / max(seconds, 1e-9):.0f} events/s)")
+
+
+def cmd_tail(args: argparse.Namespace) -> None:
+    from kafka.errors import KafkaError
+
+    from stream_worker.tail import iter_topic
+
+    _quiet_kafka(args)
+    settings = _worker_settings(args)
+    records = iter_topic(settings.kafka_python_config(), args.topic, from_beginning=args.from_beginning,
+                         limit=args.limit, idle_timeout_s=args.timeout)
+    try:
+        for record in records:
+            print("null" if record.value is None else record.value.decode("utf-8", "replace"), flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is the normal way to stop following a topic
+    except BrokenPipeError:  # e.g. `streamrec tail predictions | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KafkaError as error:
+        raise CliError(str(error)) from None
+    finally:
+        records.close()
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from stream_worker.worker import run_worker
+
+    _quiet_kafka(args)
+    settings = _worker_settings(args)
+    if args.models_dir:
+        settings = settings.model_copy(update={"models_dir": Path(args.models_dir)})
+    run_worker(settings, log_level=args.log_level.lower())
+
+
 def build_parser() -> argparse.ArgumentParser:
     settings = OfflineSettings()
     parser = _Parser(prog="streamrec", description=__doc__)
@@ -194,6 +321,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="prepare, train and evaluate on the bundled YOOCHOOSE sample")
     _add_hyperparameters(demo)
     demo.set_defaults(func=cmd_demo)
+
+    broker = commands.add_parser("broker", help="run an embedded tansu Kafka broker (memory storage) until Ctrl-C")
+    broker.add_argument("--port", type=_port, default=9092, help="port on localhost; 0 = any free port (default 9092)")
+    broker.add_argument("--log", metavar="FILE", help="append the broker's own output to FILE")
+    broker.set_defaults(func=cmd_broker)
+
+    replay = commands.add_parser("replay", help="produce a click log to Kafka as ClickEvent JSON in time order")
+    replay.add_argument("input", metavar="FILE", help="click log to replay")
+    _add_format(replay)
+    _add_bootstrap(replay)
+    replay.add_argument("--topic", help="target topic (default: env STREAMREC_CLICKS_TOPIC or 'clicks')")
+    replay.add_argument("--rate", type=_positive_float, metavar="N", help="at most N events per second")
+    replay.add_argument("--speedup", type=_positive_float, metavar="X",
+                        help="keep the original gaps between events, divided by X (3600: an hour per second)")
+    replay.add_argument("--limit", type=_count, metavar="N", help="replay only the first N events (in time order)")
+    replay.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                        help="hide the progress bar")
+    replay.set_defaults(func=cmd_replay)
+
+    tail = commands.add_parser("tail", help="print the messages of a topic, one JSON value per line")
+    tail.add_argument("topic", metavar="TOPIC")
+    _add_bootstrap(tail)
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest message, not the end")
+    tail.add_argument("--limit", type=_count, metavar="N", help="stop after N messages")
+    tail.add_argument("--timeout", type=_duration, metavar="S",
+                      help="stop after S seconds without messages (default: follow until Ctrl-C)")
+    tail.set_defaults(func=cmd_tail)
+
+    worker = commands.add_parser("worker", help="run the Faust worker: clicks -> session state -> predictions")
+    _add_bootstrap(worker)
+    worker.add_argument("--models-dir", help="models directory to serve current from (env STREAMREC_MODELS_DIR)")
+    worker.set_defaults(func=cmd_worker)
     return parser
 
 

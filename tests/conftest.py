@@ -34,3 +34,19 @@ def synthetic_sessions(n_sessions: int, n_items: int, seed: int = 0, max_length:
             t += 1.0
             item = (item + 1) % n_items if rng.random() < 0.9 else int(rng.integers(n_items))
     return np.array(session_ids), np.array(item_ids), np.array(timestamps)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    """An embedded tansu broker on a free port for the whole test session, stopped by its own PID at the end.
+
+    Memory storage: use a fresh topic name per test (e.g. with uuid) so tests do not see each other's data.
+    """
+    from stream_worker.broker import EmbeddedBroker
+
+    embedded = EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log")
+    embedded.start()
+    try:
+        yield embedded
+    finally:
+        embedded.stop()

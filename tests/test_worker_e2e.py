@@ -1,0 +1,209 @@
+"""The worker end to end on the real embedded broker: parity with offline evaluation, dead letters,
+restarts (SIGTERM, SIGKILL, lost RocksDB) and hot model swaps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from offline.artifact import load_artifact, set_current
+from offline.hyperparams import GRU4RecParams
+from offline.loaders import load_events
+from offline.metrics import metrics_from_ranks
+from offline.pipeline import evaluate_artifact, train_version
+from schemas import ClickEvent, DeadLetter
+from stream_worker.processor import Click, process_batch
+from stream_worker.replay import click_messages, event_id, produce_raw, time_ordered
+from stream_worker.serving import ServingModel
+from stream_worker.tail import read_topic
+from tests.streaming import WorkerProcess, online_ranks, predictions_by_event
+
+QUICK = GRU4RecParams(n_epochs=2)
+
+MALFORMED: list[tuple[bytes | None, bytes | None, str]] = [
+    (b"s", b"{not json", "invalid_json"),
+    (b"s", b"\xff\xfe\x00garbage", "invalid_json"),
+    (b"s", b'{"session_id": "s", "item_id": 42, "timestamp": 1.0}', "validation"),
+    (b"s", b'{"session_id": "s", "timestamp": 1.0}', "validation"),
+    (b"s", b'{"session_id": "s", "item_id": "1", "timestamp": NaN}', "validation"),
+    (b"s", b'{"session_id": "s", "item_id": "1", "timestamp": -5}', "validation"),
+    (b"s", b'{"session_id": "s", "item_id": "1", "timestamp": 1.0, "extra": 1}', "validation"),
+    (b"other", b'{"session_id": "s", "item_id": "1", "timestamp": 1.0}', "key_mismatch"),
+    (None, b'{"session_id": "s", "item_id": "1", "timestamp": 1.0}', "key_mismatch"),
+    (b"s", b"x" * 100_000, "payload_too_large"),
+    (b"s", None, "invalid_payload"),
+]
+
+
+@pytest.fixture(scope="module")
+def rsc15(rsc15_dir: Path) -> dict[str, pd.DataFrame]:
+    return {
+        "train": load_events(rsc15_dir / "yoochoose-clicks-100k_train_tr.txt", "session-tsv"),
+        "valid": load_events(rsc15_dir / "yoochoose-clicks-100k_train_valid.txt", "session-tsv"),
+    }
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, rsc15: dict[str, pd.DataFrame]) -> Path:
+    directory = tmp_path_factory.mktemp("models")
+    train_version(rsc15["train"], QUICK, directory, progress=False)
+    return directory
+
+
+def _messages(frame: pd.DataFrame) -> list[tuple[bytes | None, bytes | None]]:
+    return [(key, value) for key, value, _ in click_messages(time_ordered(frame))]
+
+
+def _expected_predictions(model_path: Path, frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Top-20 predictions of an uninterrupted, in-process run over the whole frame, by event id."""
+    model = ServingModel(load_artifact(model_path))
+    ordered = time_ordered(frame)
+    clicks: dict[str, list[Click]] = {}
+    for offset, (session, item, stamp, position) in enumerate(
+        zip(ordered.session_id, ordered.item_id, ordered.timestamp, ordered.position, strict=True)
+    ):
+        event = ClickEvent(
+            session_id=session, item_id=item, timestamp=float(stamp), event_id=event_id(session, position)
+        )
+        clicks.setdefault(session, []).append(Click(event, 0, offset))
+    outcome = process_batch(model, clicks, {}, k=20, ring_size=50, received_at=0.0)
+    return {json.loads(p)["event_id"]: json.loads(p) for _, p in outcome.predictions}
+
+
+def _same_ranking(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-4) -> bool:
+    """Same top-k up to float noise: scores agree, and items may swap only where their scores are within tol
+    (matrix products over different batch compositions differ in the last bits)."""
+    if got["items"] == want["items"]:
+        return True
+    if not np.allclose(got["scores"], want["scores"], atol=tol):
+        return False
+    wanted = dict(zip(want["items"], want["scores"], strict=True))
+    cutoff = want["scores"][-1]
+    return all(abs(wanted[i] - s) <= tol if i in wanted else abs(s - cutoff) <= tol
+               for i, s in zip(got["items"], got["scores"], strict=True))
+
+
+def test_replay_gives_one_prediction_per_valid_event_with_offline_parity(
+    broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, tmp_path: Path
+) -> None:
+    worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", "parity", tmp_path / "worker.log")
+    worker.start()
+    try:
+        messages = _messages(rsc15["valid"])
+        for n, (key, value, _) in enumerate(MALFORMED):  # spread the bad messages through the stream
+            messages.insert(1 + n * (len(messages) // len(MALFORMED)), (key, value))
+        produce_raw(broker.bootstrap, worker.topic("clicks"), messages)
+        stats = worker.wait_until(lambda s: s["events"] >= len(messages), timeout=120, what="all clicks consumed")
+        metrics_text = worker.get("/metrics")
+    finally:
+        worker.stop()
+    n_valid = len(rsc15["valid"])
+    records = read_topic(broker.bootstrap, worker.topic("predictions"), idle_timeout_s=3.0)
+    predictions = predictions_by_event(records)
+    assert len(records) == n_valid and len(predictions) == n_valid  # exactly one per valid event
+    assert all(r.key == json.loads(r.value or b"")["session_id"].encode() for r in records)
+    assert stats["dead_letters"] == len(MALFORMED) and stats["predictions"] == n_valid
+    assert f"streamrec_events_total {len(messages)}" in metrics_text
+
+    letters = [DeadLetter.model_validate_json(r.value or b"")
+               for r in read_topic(broker.bootstrap, worker.topic("dead_letter"), idle_timeout_s=3.0)]
+    assert sorted(letter.error_type for letter in letters) == sorted(kind for _, _, kind in MALFORMED)
+    assert all(letter.topic == worker.topic("clicks") and letter.error for letter in letters)
+
+    # Online/offline parity: the same ranks, so the same Recall@20 and MRR@20 as `streamrec evaluate`.
+    artifact = load_artifact(models_dir / "current")
+    offline, kept = evaluate_artifact(artifact, rsc15["valid"], rsc15["train"])
+    assert kept.dropped_events == 0
+    ranks = online_ranks(predictions, rsc15["valid"], event_id)
+    online = metrics_from_ranks(np.where(ranks > 0, ranks, 10**9), cutoffs=(20,))
+    # Equal in practice; the tolerance admits one near-tie flip (float noise across batch compositions).
+    one_event = 1.0 / offline["n_predictions"]
+    assert online["n_predictions"] == offline["n_predictions"]
+    assert online["recall@20"] == pytest.approx(offline["recall@20"], abs=one_event)
+    assert online["mrr@20"] == pytest.approx(offline["mrr@20"], abs=one_event)
+
+
+def test_restarts_recover_state_exactly(
+    broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, tmp_path: Path
+) -> None:
+    frame = rsc15["valid"]
+    messages = _messages(frame)
+    thirds = [messages[: len(messages) // 3], messages[len(messages) // 3 : 2 * len(messages) // 3],
+              messages[2 * len(messages) // 3 :]]
+    data_dir = tmp_path / "rocksdb"
+    worker = WorkerProcess(broker.bootstrap, models_dir, data_dir, "restart", tmp_path / "worker.log")
+    clicks = worker.topic("clicks")
+    worker.start()
+    produce_raw(broker.bootstrap, clicks, thirds[0])
+    worker.wait_until(lambda s: s["events"] >= len(thirds[0]), what="first third")
+    assert worker.stop(signal.SIGTERM) == 0  # graceful: offsets committed, RocksDB closed
+
+    worker.start()  # warm restart from RocksDB
+    produce_raw(broker.bootstrap, clicks, thirds[1])
+    worker.wait_until(lambda s: s["events"] > len(thirds[1]) // 2, what="half of the second third")
+    worker.stop(signal.SIGKILL)  # mid-stream: nothing flushed, nothing committed after the last commit
+
+    shutil.rmtree(data_dir)  # and the local RocksDB is lost: state must come back from the changelog
+    worker.start()
+    produce_raw(broker.bootstrap, clicks, thirds[2])
+    worker.wait_until(lambda s: s["lag_total"] == 0 and s["events"] > 0, what="caught up")
+    time.sleep(2)
+    worker.stop()
+
+    predictions = predictions_by_event(read_topic(broker.bootstrap, worker.topic("predictions"), idle_timeout_s=3.0))
+    expected = _expected_predictions(models_dir / "current", frame)
+    assert set(predictions) == set(expected)  # every valid event has a prediction
+    wrong = [e for e, ps in predictions.items() if not all(_same_ranking(p, expected[e]) for p in ps)]
+    assert not wrong, f"{len(wrong)} predictions differ from an uninterrupted run, e.g. {wrong[:3]}"
+
+
+def test_hot_model_swap_during_replay_and_corrupt_artifact_refused(
+    broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, tmp_path: Path
+) -> None:
+    own_models = tmp_path / "models"
+    shutil.copytree(models_dir, own_models, symlinks=True)
+    old_version = load_artifact(own_models / "current").version
+    worker = WorkerProcess(broker.bootstrap, own_models, tmp_path / "rocksdb", "swap", tmp_path / "worker.log")
+    worker.start()
+    messages = _messages(rsc15["valid"])
+    half = len(messages) // 2
+    try:
+        produce_raw(broker.bootstrap, worker.topic("clicks"), messages[:half])
+        worker.wait_until(lambda s: s["events"] >= half, what="first half")
+        path, _, _ = train_version(rsc15["train"], GRU4RecParams(n_epochs=1, seed=7), own_models, progress=False)
+        new_version = path.name
+        manifest = (path / "manifest.json").read_bytes()
+        produce_raw(broker.bootstrap, worker.topic("model_updates"), [(new_version.encode(), manifest)])
+        worker.wait_until(lambda s: s["model_version"] == new_version, what="swap to the new version")
+
+        broken = own_models / "99999999T000000Z-broken"  # a newer version whose weights are truncated
+        shutil.copytree(path, broken)
+        weights = (broken / "weights.npz").read_bytes()
+        (broken / "weights.npz").write_bytes(weights[: len(weights) // 3])
+        manifest_json = json.loads(manifest)
+        manifest_json["version"] = broken.name
+        (broken / "manifest.json").write_text(json.dumps(manifest_json))
+        set_current(own_models, broken.name)  # the pointer moves too: the poller must refuse it as well
+        update = (broken.name.encode(), json.dumps(manifest_json).encode())
+        produce_raw(broker.bootstrap, worker.topic("model_updates"), [update])
+        stats = worker.wait_until(lambda s: s["model_load_failures"] >= 1, what="corrupt artifact refused")
+        assert stats["model_version"] == new_version and "weights" in stats["model_last_error"]
+
+        produce_raw(broker.bootstrap, worker.topic("clicks"), messages[half:])
+        stats = worker.wait_until(lambda s: s["events"] >= len(messages), what="second half")
+    finally:
+        worker.stop()
+    records = read_topic(broker.bootstrap, worker.topic("predictions"), idle_timeout_s=3.0)
+    predictions = sorted((json.loads(r.value or b"") for r in records), key=lambda p: p["produced_at"])
+    versions = [p["model_version"] for p in predictions]
+    assert len(records) == len(messages)  # no event lost across the swaps
+    assert set(versions[:half]) == {old_version} and set(versions[half:]) == {new_version}
+    assert stats["model_swaps"] == 1 and stats["recomputed_sessions"] > 0
