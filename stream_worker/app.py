@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import faust
 from faust.types import EventT
 from pydantic import ValidationError
 
-from offline.artifact import ArtifactError, current_version
 from schemas import ClickEvent, DeadLetter, ModelManifest
 from stream_worker.model_holder import ModelHolder
 from stream_worker.processor import Click, process_batch
 from stream_worker.session_state import SessionState, StateDecodeError, last_timestamp_of
+from stream_worker.session_store import SessionStore
 from stream_worker.settings import WorkerSettings
 from stream_worker.stats import WorkerStats, prometheus_text
 from stream_worker.transport import Transport
@@ -33,11 +31,6 @@ class StreamrecApp(faust.App):
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self, loop=self.loop)
-
-
-def _set_current_event(event: EventT) -> None:
-    """Table reads and changelog writes go to the partition of the current event (take_events leaves it unset)."""
-    faust.streams._current_event.set(weakref.ref(event))  # type: ignore[attr-defined]
 
 
 def _key(session_id: str) -> bytes:
@@ -102,6 +95,7 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
     dead_letter_topic = app.topic(settings.dead_letter_topic, partitions=1)
     model_updates_topic = app.topic(settings.model_updates_topic, key_type=bytes, value_type=bytes, partitions=1)
     sessions = app.Table("sessions", key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    store = SessionStore(sessions, app.producer)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(topic, key, value, None, None, None)
@@ -116,8 +110,8 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         stats.dead_letters_by_type[error_type] = stats.dead_letters_by_type.get(error_type, 0) + 1
         return await send(settings.dead_letter_topic, message.key, letter.model_dump_json().encode())
 
-    def load_state(key: bytes) -> SessionState | None:
-        raw = sessions.get(key)
+    def load_state(partition: int, key: bytes) -> SessionState | None:
+        raw = store.get(partition, key)
         if raw is None:
             return None
         try:
@@ -132,7 +126,6 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         model = holder.model
         deliveries: list[Any] = []
         clicks: dict[str, list[Click]] = {}
-        last_event: dict[str, EventT] = {}
         for event in events:
             message = event.message
             stats.note_offset(message.partition, message.offset)
@@ -141,42 +134,34 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
                 deliveries.append(await dead_letter(event, error_type, reason))
                 continue
             clicks.setdefault(click.session_id, []).append(Click(click, message.partition, message.offset))
-            last_event[click.session_id] = event
             stats.note_event_time(message.partition, click.timestamp)
-        states: dict[str, SessionState | None] = {}
-        for session_id, event in last_event.items():
-            _set_current_event(event)
-            states[session_id] = load_state(_key(session_id))
+        partition_of = {session_id: session_clicks[0].partition for session_id, session_clicks in clicks.items()}
+        states = {session_id: load_state(partition_of[session_id], _key(session_id)) for session_id in clicks}
         outcome = process_batch(model, clicks, states, settings.top_k, settings.ring_size, received_at)
         for session_id, payload in outcome.predictions:
             deliveries.append(await send(settings.predictions_topic, _key(session_id), payload))
         await asyncio.gather(*deliveries)  # predictions are out before the state that follows them is persisted
         for session_id, state in outcome.states.items():
-            _set_current_event(last_event[session_id])
-            sessions[_key(session_id)] = state.encode()
+            await store.put(partition_of[session_id], _key(session_id), state.encode())
         stats.note_batch(len(events), outcome, time.time() - received_at)
         if stats.expiry_due(settings.expiry_interval_s):
-            expire_sessions(events)
+            await expire_sessions({event.message.partition for event in events})
 
-    def expire_sessions(events: Sequence[EventT]) -> None:
+    async def expire_sessions(partitions: set[int]) -> None:
         """Drop sessions idle for longer than the TTL in event time (per partition watermark)."""
-        store: Any = sessions.data
-        event_of_partition = {event.message.partition: event for event in events}
-        for partition, event in event_of_partition.items():
+        for partition in partitions:
             watermark = stats.watermark(partition)
-            db = store._dbs.get(partition)  # Faust's RocksDB store keeps one database per partition
-            if db is None or watermark is None:
+            if watermark is None:
                 continue
             expired = []
-            for key, value in store._visible_items(db):
+            for key, value in store.items(partition):
                 try:
                     if watermark - last_timestamp_of(value) > settings.session_ttl_s:
                         expired.append(key)
                 except StateDecodeError:
                     expired.append(key)
-            _set_current_event(event)
             for key in expired:
-                del sessions[key]
+                await store.put(partition, key, None)
             stats.expired += len(expired)
             if expired:
                 log.info("partition %d: expired %d idle sessions", partition, len(expired))
@@ -212,11 +197,11 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
 
     @app.page("/stats")
     async def stats_view(web: Any, request: Any) -> Any:
-        return web.json(stats.snapshot(holder, _lags(app, settings), _table_size(sessions)))
+        return web.json(stats.snapshot(holder, _lags(app, settings), store.size()))
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
-        text = prometheus_text(stats.snapshot(holder, _lags(app, settings), _table_size(sessions)))
+        text = prometheus_text(stats.snapshot(holder, _lags(app, settings), store.size()))
         return web.text(text, content_type="text/plain; version=0.0.4")
 
     app.streamrec_stats = stats  # type: ignore[attr-defined]
@@ -238,19 +223,3 @@ def _lags(app: faust.App, settings: WorkerSettings) -> dict[int, int]:
         if highwater is not None:
             lags[tp.partition] = max(int(highwater) - stats.next_offset(tp.partition), 0)
     return lags
-
-
-def _table_size(sessions: Any) -> int:
-    """Approximate number of sessions held (RocksDB's key estimate over this worker's partitions)."""
-    total = 0
-    for db in sessions.data._dbs.values():
-        total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
-    return total
-
-
-def models_dir_ready(models_dir: Path) -> str:
-    """Version the worker will start with; a clear error when there is none."""
-    version = current_version(models_dir)
-    if version is None:
-        raise ArtifactError(f"no model in {models_dir}: train one first (streamrec train ... --out {models_dir})")
-    return version

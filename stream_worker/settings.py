@@ -65,6 +65,7 @@ class WorkerSettings(BaseSettings):
     fetch_max_wait_ms: int = Field(default=100, ge=0)
     max_message_bytes: int = Field(default=65536, ge=1)
     model_poll_s: float = Field(default=2.0, gt=0)
+    blas_threads: int = Field(default=1, ge=1, description="BLAS threads of the worker's NumPy model")
 
     @field_validator("bootstrap_servers")
     @classmethod

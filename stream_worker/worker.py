@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import faust
+from threadpoolctl import threadpool_limits
 
 from stream_worker.app import build_app
 from stream_worker.model_holder import ModelHolder
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: WorkerSettings, log_level: str = "info") -> None:
     """Load the current model (fails fast without one), build the app and run until SIGTERM/SIGINT."""
+    # Small matrix products: BLAS threads only fight the event loop, consumer thread and broker for 2 cores.
+    threadpool_limits(settings.blas_threads)
     holder = ModelHolder(settings.models_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings, holder)
