@@ -3,6 +3,10 @@
 from schemas.dead_letter import DeadLetter
 from schemas.events import SCHEMA_VERSION, ClickEvent
 from schemas.manifest import ModelManifest, TrainingWindow
+from schemas.metrics import OnlineMetrics, RankingCounts
 from schemas.predictions import Prediction
 
-__all__ = ["SCHEMA_VERSION", "ClickEvent", "DeadLetter", "ModelManifest", "Prediction", "TrainingWindow"]
+__all__ = [
+    "SCHEMA_VERSION", "ClickEvent", "DeadLetter", "ModelManifest", "OnlineMetrics", "Prediction", "RankingCounts",
+    "TrainingWindow",
+]

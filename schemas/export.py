@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from schemas.dead_letter import DeadLetter
 from schemas.events import ClickEvent
 from schemas.manifest import ModelManifest
+from schemas.metrics import OnlineMetrics
 from schemas.predictions import Prediction
 
 MODELS: dict[str, type[BaseModel]] = {
@@ -16,6 +17,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "prediction": Prediction,
     "dead_letter": DeadLetter,
     "model_manifest": ModelManifest,
+    "online_metrics": OnlineMetrics,
 }
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

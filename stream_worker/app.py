@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,8 +13,9 @@ import faust
 from faust.types import EventT
 from pydantic import ValidationError
 
-from schemas import ClickEvent, DeadLetter, ModelManifest
+from schemas import ClickEvent, DeadLetter, ModelManifest, OnlineMetrics
 from stream_worker.model_holder import ModelHolder
+from stream_worker.online_metrics import OnlineEvaluator
 from stream_worker.processor import Click, process_batch
 from stream_worker.session_state import SessionState, StateDecodeError, last_timestamp_of
 from stream_worker.session_store import SessionStore
@@ -88,12 +90,13 @@ def make_faust_app(settings: WorkerSettings) -> StreamrecApp:
 def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
     """Create the app with its topics, table, agents, timers and web views."""
     app = make_faust_app(settings)
-    stats = WorkerStats()
+    stats = WorkerStats(online=OnlineEvaluator(settings.online_window))
 
     clicks_topic = app.topic(settings.clicks_topic, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     predictions_topic = app.topic(settings.predictions_topic, partitions=settings.partitions)
     dead_letter_topic = app.topic(settings.dead_letter_topic, partitions=1)
     model_updates_topic = app.topic(settings.model_updates_topic, key_type=bytes, value_type=bytes, partitions=1)
+    metrics_topic = app.topic(settings.metrics_topic, partitions=1)
     sessions = app.Table("sessions", key_type=bytes, value_type=bytes, partitions=settings.partitions)
     store = SessionStore(sessions, app.producer)
 
@@ -186,9 +189,19 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
     async def follow_current_pointer() -> None:
         await holder.follow_current()
 
+    @app.timer(settings.metrics_interval_s)
+    async def publish_online_metrics() -> None:
+        """One OnlineMetrics message per model version evaluated so far (rolling window and since start)."""
+        worker = f"{settings.app_id}@{socket.gethostname()}:{settings.web_port}"
+        for version in stats.online.versions():
+            since_start, window = stats.online.counts(version)
+            report = OnlineMetrics(worker=worker, model_version=version, produced_at=time.time(),
+                                   since_start=since_start, window=window, window_size=stats.online.window_size)
+            await send(settings.metrics_topic, version.encode(), report.model_dump_json().encode())
+
     @app.task
     async def declare_output_topics() -> None:
-        for topic in (predictions_topic, dead_letter_topic, model_updates_topic):
+        for topic in (predictions_topic, dead_letter_topic, model_updates_topic, metrics_topic):
             await topic.maybe_declare()
 
     @app.page("/health")

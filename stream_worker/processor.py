@@ -10,7 +10,7 @@ import numpy as np
 
 from schemas import ClickEvent
 from stream_worker.serving import ServingModel
-from stream_worker.session_state import NO_EVENT, SessionState, event_hash, item_hash
+from stream_worker.session_state import NO_EVENT, SessionState, event_hash, item_hash, item_hash32
 
 PATH_MODEL = "model"
 PATH_POPULARITY = "popularity"
@@ -33,6 +33,8 @@ class BatchOutcome:
     states: dict[str, SessionState] = field(default_factory=dict)  # sessions that changed
     duplicates: int = 0  # clicks already applied (redelivered or re-sent): state not advanced, no prediction
     recomputed: int = 0  # sessions whose state came from an older model version, rebuilt from their ring
+    ranks: list[tuple[str, int]] = field(default_factory=list)  # (model version, rank of the click in the
+    # prediction that preceded it; 0 = not in the published top-k), for the online evaluation
     by_path: dict[str, int] = field(default_factory=lambda: {PATH_MODEL: 0, PATH_POPULARITY: 0})
 
 
@@ -42,6 +44,14 @@ def is_duplicate(state: SessionState, click: Click) -> bool:
         return True
     event_id = click.event.event_id
     return event_id is not None and state.last_event_hash != NO_EVENT and event_hash(event_id) == state.last_event_hash
+
+
+def rank_in_previous(top: np.ndarray, scores: np.ndarray, item_id: str) -> int:
+    """Rank of a clicked item in a published top-k (item_hash32, scores); ties count against; 0 if absent."""
+    where = np.flatnonzero(top == item_hash32(item_id))
+    if len(where) == 0:
+        return 0
+    return int((scores >= scores[where[0]]).sum())
 
 
 def prediction_json(
@@ -94,10 +104,6 @@ def process_batch(
     fresh: list[list[Click]] = []
     for session_id in session_ids:
         state = states.get(session_id) or new_state(model)
-        if state.model_version != model.version:
-            state.hidden, state.known_count = model.recompute(state.ring)
-            state.model_version = model.version
-            outcome.recomputed += 1
         clicks = []
         for click in clicks_by_session[session_id]:
             if is_duplicate(state, click):
@@ -107,6 +113,14 @@ def process_batch(
             # Mark as applied now so a duplicate later in the same batch is caught too.
             state.last_offset = click.offset
             state.last_event_hash = event_hash(click.event.event_id) if click.event.event_id else NO_EVENT
+        if clicks and len(state.last_top):  # the first click answers the prediction stored with the state
+            outcome.ranks.append(
+                (state.model_version, rank_in_previous(state.last_top, state.last_scores, clicks[0].event.item_id))
+            )
+        if clicks and state.model_version != model.version:
+            state.hidden, state.known_count = model.recompute(state.ring)
+            state.model_version = model.version
+            outcome.recomputed += 1
         current.append(state)
         fresh.append(clicks)
     hidden = np.stack([s.hidden for s in current], axis=1) if current else None  # (n_layers, n_sessions, size)
@@ -134,12 +148,17 @@ def process_batch(
         for r in rows:
             click = fresh[r][position]
             if top is not None and r in slot:
-                items, scores, path = top.items[slot[r]], top.scores[slot[r]], PATH_MODEL
+                top_items, scores, path = top.items[slot[r]], top.scores[slot[r]], PATH_MODEL
             else:
-                items, scores, path = popular.items[0], popular.scores[0], PATH_POPULARITY
+                top_items, scores, path = popular.items[0], popular.scores[0], PATH_POPULARITY
+            state = current[r]
+            if position > 0:  # answers the prediction made for the previous click of this batch
+                outcome.ranks.append((model.version, rank_in_previous(state.last_top, state.last_scores,
+                                                                      click.event.item_id)))
+            state.last_top, state.last_scores = model.item_hash32[top_items], scores.astype(np.float32)
             outcome.by_path[path] += 1
             outcome.predictions.append(
-                (session_ids[r], prediction_json(click, items, scores, model, path, produced_at, received_at))
+                (session_ids[r], prediction_json(click, top_items, scores, model, path, produced_at, received_at))
             )
     for r, session_id in enumerate(session_ids):
         if fresh[r] and hidden is not None:

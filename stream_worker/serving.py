@@ -9,7 +9,7 @@ import numpy as np
 
 from offline.artifact import ModelArtifact
 from offline.model_numpy import GRU4RecNumpy
-from stream_worker.session_state import item_hash
+from stream_worker.session_state import item_hash, item_hash32
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class ServingModel:
         self.item_ids = artifact.item_index.ids  # (n_items,) object
         self._index_of_id = {item_id: i for i, item_id in enumerate(self.item_ids.tolist())}
         self._index_of_hash = {item_hash(item_id): i for item_id, i in self._index_of_id.items()}
+        self.item_hash32 = np.array([item_hash32(i) for i in self.item_ids.tolist()], dtype=np.uint32)  # (n_items,)
         self._popularity = np.asarray(artifact.popularity, dtype=np.float32)[None, :]  # (1, n_items)
         self._popular: dict[int, TopK] = {}
 

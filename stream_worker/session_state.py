@@ -12,14 +12,19 @@ LAYOUT_VERSION = 1
 NO_OFFSET = -1
 NO_EVENT = 0
 # layout, n_layers, hidden_size, last_offset, last_event_hash, last_timestamp, event_count, known_count,
-# ring_len, version_len
-_HEADER = struct.Struct("<BBHqQdIIHB")
+# ring_len, version_len, top_len; then version bytes, ring (u64), last top-k (u32 item hashes, f32 scores), hidden.
+_HEADER = struct.Struct("<BBHqQdIIHBB")
 MAX_VERSION_BYTES = 64
 
 
 def item_hash(item_id: str) -> int:
     """64-bit hash of an item id: the ring stores these, so it outlives item index changes between models."""
     return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def item_hash32(item_id: str) -> int:
+    """32-bit item hash for the remembered top-k (a false match needs a collision among 20 items: ~5e-9)."""
+    return item_hash(item_id) & 0xFFFFFFFF
 
 
 def event_hash(event_id: str) -> int:
@@ -47,6 +52,8 @@ class SessionState:
     last_timestamp: float = 0.0  # event time of the last applied click
     event_count: int = 0  # clicks applied (known and unknown items)
     known_count: int = 0  # clicks that moved the hidden state under model_version
+    last_top: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # (k,) item_hash32, best first
+    last_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (k,) their scores
 
     def encode(self) -> bytes:
         version = self.model_version.encode()
@@ -56,19 +63,26 @@ class SessionState:
         header = _HEADER.pack(
             LAYOUT_VERSION, n_layers, hidden_size, self.last_offset, self.last_event_hash, self.last_timestamp,
             min(self.event_count, 0xFFFFFFFF), min(self.known_count, 0xFFFFFFFF), len(self.ring), len(version),
+            len(self.last_top),
         )
-        ring = np.asarray(self.ring, dtype="<u8").tobytes()
-        return b"".join((header, version, ring, np.ascontiguousarray(self.hidden, dtype="<f4").tobytes()))
+        return b"".join((
+            header,
+            version,
+            np.asarray(self.ring, dtype="<u8").tobytes(),
+            np.asarray(self.last_top, dtype="<u4").tobytes(),
+            np.asarray(self.last_scores, dtype="<f4").tobytes(),
+            np.ascontiguousarray(self.hidden, dtype="<f4").tobytes(),
+        ))
 
     @classmethod
     def decode(cls, data: bytes) -> SessionState:
         if len(data) < _HEADER.size:
             raise StateDecodeError(f"session state too short ({len(data)} bytes)")
         (layout, n_layers, hidden_size, last_offset, last_event_hash, last_timestamp, event_count, known_count,
-         ring_len, version_len) = _HEADER.unpack_from(data)
+         ring_len, version_len, top_len) = _HEADER.unpack_from(data)
         if layout != LAYOUT_VERSION:
             raise StateDecodeError(f"unknown session state layout {layout}")
-        expected = _HEADER.size + version_len + 8 * ring_len + 4 * n_layers * hidden_size
+        expected = _HEADER.size + version_len + 8 * ring_len + 8 * top_len + 4 * n_layers * hidden_size
         if len(data) != expected:
             raise StateDecodeError(f"session state has {len(data)} bytes, layout says {expected}")
         position = _HEADER.size
@@ -76,8 +90,13 @@ class SessionState:
         position += version_len
         ring = np.frombuffer(data, dtype="<u8", count=ring_len, offset=position).tolist()
         position += 8 * ring_len
+        last_top = np.frombuffer(data, dtype="<u4", count=top_len, offset=position).copy()
+        position += 4 * top_len
+        last_scores = np.frombuffer(data, dtype="<f4", count=top_len, offset=position).copy()
+        position += 4 * top_len
         hidden = np.frombuffer(data, dtype="<f4", offset=position).reshape(n_layers, hidden_size).copy()
-        return cls(version, hidden, ring, last_offset, last_event_hash, last_timestamp, event_count, known_count)
+        return cls(version, hidden, ring, last_offset, last_event_hash, last_timestamp, event_count, known_count,
+                   last_top, last_scores)
 
 
 _LAST_TIMESTAMP = struct.Struct("<d")

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stream_worker.online_metrics import OnlineEvaluator, summary
 from stream_worker.processor import BatchOutcome
 
 
@@ -22,6 +23,7 @@ class _Holder(Protocol):
 class WorkerStats:
     """Counters since start; offsets and event-time watermarks per partition."""
 
+    online: OnlineEvaluator = field(default_factory=OnlineEvaluator)
     started_at: float = field(default_factory=time.time)
     events: int = 0
     batches: int = 0
@@ -58,6 +60,8 @@ class WorkerStats:
         self.predictions += len(outcome.predictions)
         self.duplicates += outcome.duplicates
         self.recomputed += outcome.recomputed
+        for version, rank in outcome.ranks:
+            self.online.add(version, rank)
         for path, count in outcome.by_path.items():
             self.predictions_by_path[path] = self.predictions_by_path.get(path, 0) + count
         self.last_batch_seconds = seconds
@@ -92,6 +96,11 @@ class WorkerStats:
             "lag_total": sum(lags.values()),
             "last_batch_seconds": self.last_batch_seconds,
             "busy_seconds": self.busy_seconds,
+            "online": {
+                version: {"since_start": summary(total), "window": summary(window)}
+                for version in self.online.versions()
+                for total, window in [self.online.counts(version)]
+            },
         }
 
 
@@ -118,4 +127,13 @@ def prometheus_text(snapshot: dict[str, Any]) -> str:
     metric("consumer_lag", "gauge", "Clicks not yet processed, by partition.",
            [(f'{{partition="{p}"}}', lag) for p, lag in snapshot["lag"].items()])
     metric("model_info", "gauge", "Model version served.", [(f'{{version="{snapshot["model_version"]}"}}', 1)])
+    online = snapshot["online"]
+    metric("online_evaluated_total", "counter", "Predictions whose next click was seen, by model version.",
+           [(f'{{version="{v}"}}', m["since_start"]["n"]) for v, m in online.items()])
+    metric("online_recall", "gauge", "Share of next clicks in the preceding top-k (hit rate), by version, k, scope.",
+           [(f'{{version="{v}",k="{k}",scope="{scope}"}}', m[scope][f"recall@{k}"])
+            for v, m in online.items() for scope in ("since_start", "window") for k in (1, 5, 10, 20)])
+    metric("online_mrr20", "gauge", "Mean reciprocal rank within the top 20, by version and scope.",
+           [(f'{{version="{v}",scope="{scope}"}}', m[scope]["mrr@20"]) for v, m in online.items()
+            for scope in ("since_start", "window")])
     return "\n".join(lines) + "\n"

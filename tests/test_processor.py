@@ -38,12 +38,14 @@ def _click(session: str, item: str, offset: int, event_id: str | None = None) ->
 
 
 def test_state_codec_round_trip_and_refusal() -> None:
-    state = SessionState("v1", np.arange(16, dtype=np.float32).reshape(2, 8), [1, 2**64 - 1], 41, 7, 12.5, 3, 2)
+    state = SessionState("v1", np.arange(16, dtype=np.float32).reshape(2, 8), [1, 2**64 - 1], 41, 7, 12.5, 3, 2,
+                         np.array([5, 2**32 - 1], np.uint32), np.array([0.5, -1.0], np.float32))
     data = state.encode()
     back = SessionState.decode(data)
     assert back.ring == [1, 2**64 - 1] and back.last_offset == 41 and back.known_count == 2
+    assert back.last_top.tolist() == [5, 2**32 - 1] and back.last_scores.tolist() == [0.5, -1.0]
     np.testing.assert_array_equal(back.hidden, state.hidden)
-    assert len(data) == 39 + 2 + 16 + 64  # header + version + ring + hidden
+    assert len(data) == 40 + 2 + 16 + 16 + 64  # header + version + ring + top-k + hidden
     for broken in (data[:-1], b"\x07" + data[1:], b""):
         with pytest.raises(StateDecodeError):
             SessionState.decode(broken)
@@ -110,3 +112,25 @@ def test_model_change_recomputes_state_from_ring(tmp_path: Path) -> None:
     assert on_new.recomputed == 1 and on_new.states["a"].model_version == "v2"
     np.testing.assert_allclose(on_new.states["a"].hidden, fresh.states["a"].hidden, atol=1e-6)
     assert on_new.predictions[-1][1].split(b'"scores"')[0] == fresh.predictions[-1][1].split(b'"scores"')[0]
+
+
+def test_online_ranks_answer_the_previous_prediction_within_and_across_batches(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    items = [3, 9, 4, 4, 17, 2]
+    clicks = [_click("a", f"i{i}", n) for n, i in enumerate(items)]
+    together = process_batch(model, {"a": clicks}, {}, k=N_ITEMS, ring_size=50, received_at=0.0)
+    state: SessionState | None = None
+    ranks: list[tuple[str, int]] = []
+    for click in clicks:  # one click per batch: the previous prediction comes back from the stored state
+        out = process_batch(model, {"a": [click]}, {"a": state}, k=N_ITEMS, ring_size=50, received_at=0.0)
+        ranks += out.ranks
+        state = SessionState.decode(out.states["a"].encode())
+    offline = GRU4RecNumpy(load_artifact(model.artifact_path).weights)
+    offline.reset(1)
+    expected = []
+    for current, following in zip(items, items[1:], strict=False):
+        scores = offline.step(np.array([0]), np.array([current]))[0]
+        expected.append(("v1", int((scores >= scores[following]).sum())))
+    assert together.ranks == ranks == expected  # k = all items: the online rank is the offline rank
+    top5 = process_batch(model, {"a": clicks}, {}, k=5, ring_size=50, received_at=0.0).ranks
+    assert top5 == [(v, r if r <= 5 else 0) for v, r in expected]  # outside the published top-k: a miss

@@ -19,7 +19,8 @@ from offline.hyperparams import GRU4RecParams
 from offline.loaders import load_events
 from offline.metrics import metrics_from_ranks
 from offline.pipeline import evaluate_artifact, train_version
-from schemas import ClickEvent, DeadLetter
+from schemas import ClickEvent, DeadLetter, OnlineMetrics
+from stream_worker.online_metrics import summary
 from stream_worker.processor import Click, process_batch
 from stream_worker.replay import click_messages, event_id, produce_raw, time_ordered
 from stream_worker.serving import ServingModel
@@ -94,7 +95,8 @@ def _same_ranking(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-4) 
 def test_replay_gives_one_prediction_per_valid_event_with_offline_parity(
     broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", "parity", tmp_path / "worker.log")
+    worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", "parity", tmp_path / "worker.log",
+                           metrics_interval_s=1.0)
     worker.start()
     try:
         messages = _messages(rsc15["valid"])
@@ -103,6 +105,7 @@ def test_replay_gives_one_prediction_per_valid_event_with_offline_parity(
         produce_raw(broker.bootstrap, worker.topic("clicks"), messages)
         stats = worker.wait_until(lambda s: s["events"] >= len(messages), timeout=120, what="all clicks consumed")
         metrics_text = worker.get("/metrics")
+        time.sleep(2.5)  # at least one more metrics publication after the last click
     finally:
         worker.stop()
     n_valid = len(rsc15["valid"])
@@ -129,6 +132,16 @@ def test_replay_gives_one_prediction_per_valid_event_with_offline_parity(
     assert online["n_predictions"] == offline["n_predictions"]
     assert online["recall@20"] == pytest.approx(offline["recall@20"], abs=one_event)
     assert online["mrr@20"] == pytest.approx(offline["mrr@20"], abs=one_event)
+
+    # The worker's own online evaluation (metrics topic) agrees with the offline figures too.
+    reports = [OnlineMetrics.model_validate_json(r.value or b"")
+               for r in read_topic(broker.bootstrap, worker.topic("metrics"), idle_timeout_s=3.0)]
+    latest = max((r for r in reports if r.model_version == artifact.version), key=lambda r: r.produced_at)
+    reported = summary(latest.since_start)
+    assert reported["n"] == offline["n_predictions"]
+    assert reported["recall@20"] == pytest.approx(offline["recall@20"], abs=one_event)
+    assert reported["mrr@20"] == pytest.approx(offline["mrr@20"], abs=one_event)
+    assert stats["online"][artifact.version]["since_start"]["n"] == offline["n_predictions"]
 
 
 def test_restarts_recover_state_exactly(
