@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from schemas import ClickEvent
 from stream_worker.serving import ServingModel
@@ -46,9 +46,9 @@ def is_duplicate(state: SessionState, click: Click) -> bool:
     return event_id is not None and state.last_event_hash != NO_EVENT and event_hash(event_id) == state.last_event_hash
 
 
-def rank_in_previous(top: np.ndarray, scores: np.ndarray, item_id: str) -> int:
-    """Rank of a clicked item in a published top-k (item_hash32, scores); ties count against; 0 if absent."""
-    where = np.flatnonzero(top == item_hash32(item_id))
+def rank_in_previous(top: np.ndarray, scores: np.ndarray, hashed32: int) -> int:
+    """Rank of a clicked item (its item_hash32) in a published top-k; ties count against; 0 if absent."""
+    where = np.flatnonzero(top == hashed32)
     if len(where) == 0:
         return 0
     return int((scores >= scores[where[0]]).sum())
@@ -65,20 +65,20 @@ def prediction_json(
 ) -> bytes:
     """Serialise one Prediction (fields and types as schemas.Prediction; a test validates the output)."""
     event = click.event
-    return json.dumps({
+    return orjson.dumps({
         "schema_version": 1,
         "session_id": event.session_id,
         "event_id": event.event_id,
         "partition": click.partition,
         "offset": click.offset,
         "items": model.item_ids[items].tolist(),
-        "scores": scores.astype(float).tolist(),
+        "scores": scores,
         "model_version": model.version,
         "path": path,
         "event_timestamp": event.timestamp,
         "produced_at": produced_at,
         "latency_ms": max(produced_at - received_at, 0.0) * 1000.0,
-    }, separators=(",", ":")).encode()
+    }, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def new_state(model: ServingModel) -> SessionState:
@@ -115,7 +115,8 @@ def process_batch(
             state.last_event_hash = event_hash(click.event.event_id) if click.event.event_id else NO_EVENT
         if clicks and len(state.last_top):  # the first click answers the prediction stored with the state
             outcome.ranks.append(
-                (state.model_version, rank_in_previous(state.last_top, state.last_scores, clicks[0].event.item_id))
+                (state.model_version,
+                 rank_in_previous(state.last_top, state.last_scores, item_hash32(clicks[0].event.item_id)))
             )
         if clicks and state.model_version != model.version:
             state.hidden, state.known_count = model.recompute(state.ring)
@@ -132,9 +133,10 @@ def process_batch(
         if known.any() and hidden is not None:
             stepped = [r for r, ok in zip(rows, known, strict=True) if ok]
             hidden[:, stepped] = model.step(hidden[:, stepped], items[known])
+        hashed = {r: item_hash(fresh[r][position].event.item_id) for r in rows}
         for r, ok in zip(rows, known, strict=True):
             state, click = current[r], fresh[r][position]
-            state.ring.append(item_hash(click.event.item_id))
+            state.ring.append(hashed[r])
             if len(state.ring) > ring_size:
                 del state.ring[: len(state.ring) - ring_size]
             state.event_count += 1
@@ -153,9 +155,9 @@ def process_batch(
                 top_items, scores, path = popular.items[0], popular.scores[0], PATH_POPULARITY
             state = current[r]
             if position > 0:  # answers the prediction made for the previous click of this batch
-                outcome.ranks.append((model.version, rank_in_previous(state.last_top, state.last_scores,
-                                                                      click.event.item_id)))
-            state.last_top, state.last_scores = model.item_hash32[top_items], scores.astype(np.float32)
+                rank = rank_in_previous(state.last_top, state.last_scores, hashed[r] & 0xFFFFFFFF)
+                outcome.ranks.append((model.version, rank))
+            state.last_top, state.last_scores = model.item_hash32[top_items], scores
             outcome.by_path[path] += 1
             outcome.predictions.append(
                 (session_ids[r], prediction_json(click, top_items, scores, model, path, produced_at, received_at))
