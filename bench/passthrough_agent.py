@@ -1,5 +1,5 @@
 """Baseline for bench/stream_throughput.py: a Faust agent that forwards every click, with the worker's
-batching and producer path but no validation, model or table. Configured by the same STREAMREC_ settings."""
+batching and producer path (BatchSender) but no validation, model or table. Same STREAMREC_ settings."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import faust
 
 from stream_worker.app import make_faust_app
+from stream_worker.batch_sender import BatchSender
 from stream_worker.settings import WorkerSettings
 
 
@@ -18,14 +19,14 @@ def build_passthrough(settings: WorkerSettings) -> faust.App:
     clicks = app.topic(settings.clicks_topic, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     output = app.topic(settings.predictions_topic, partitions=settings.partitions)
 
+    sender = BatchSender(lambda: app.producer._ensure_producer())  # type: ignore[attr-defined]
+
     @app.agent(clicks)
     async def forward(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            deliveries = [
-                await app.producer.send(settings.predictions_topic, e.message.key, e.message.value, None, None, None)
-                for e in events
-            ]
-            await asyncio.gather(*deliveries)
+            for event in events:
+                sender.add(settings.predictions_topic, event.message.key, event.message.value)
+            await asyncio.gather(*await sender.flush())
 
     @app.task
     async def declare() -> None:

@@ -128,6 +128,15 @@ def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: li
     measured: set[tuple[int, int]] = set()
     try:
         producer = KafkaProducer(bootstrap_servers=[broker.bootstrap], acks=1, linger_ms=0)
+        # Warm-up (not measured): group join, partition assignment, first batches.
+        warm_up = 500
+        for key, value in messages[:warm_up]:
+            producer.send(f"{prefix}-clicks", key=key, value=value)
+        producer.flush()
+        sent = warm_up
+        for record in read_records(broker.bootstrap, f"{prefix}-out", sent, timeout_s=120):
+            prediction = json.loads(record.value)
+            measured.add((prediction["partition"], prediction["offset"]))
         for rate in rates:
             n = min(int(rate * seconds), len(messages) - sent)
             started = time.monotonic()

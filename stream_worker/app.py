@@ -14,6 +14,7 @@ from faust.types import EventT
 from pydantic import ValidationError
 
 from schemas import ClickEvent, DeadLetter, ModelManifest, OnlineMetrics
+from stream_worker.batch_sender import BatchSender
 from stream_worker.model_holder import ModelHolder
 from stream_worker.online_metrics import OnlineEvaluator
 from stream_worker.processor import Click, process_batch
@@ -98,12 +99,13 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
     model_updates_topic = app.topic(settings.model_updates_topic, key_type=bytes, value_type=bytes, partitions=1)
     metrics_topic = app.topic(settings.metrics_topic, partitions=1)
     sessions = app.Table("sessions", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    store = SessionStore(sessions, app.producer)
+    sender = BatchSender(lambda: app.producer._ensure_producer())  # type: ignore[attr-defined]
+    store = SessionStore(sessions, sender)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(topic, key, value, None, None, None)
 
-    async def dead_letter(event: EventT, error_type: str, reason: str) -> Any:
+    def dead_letter(event: EventT, error_type: str, reason: str) -> None:
         message = event.message
         letter = DeadLetter.from_raw(
             raw=message.value if isinstance(message.value, bytes) else b"", error=reason, error_type=error_type,
@@ -111,7 +113,7 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         )
         stats.dead_letters += 1
         stats.dead_letters_by_type[error_type] = stats.dead_letters_by_type.get(error_type, 0) + 1
-        return await send(settings.dead_letter_topic, message.key, letter.model_dump_json().encode())
+        sender.add(settings.dead_letter_topic, message.key, letter.model_dump_json().encode())
 
     def load_state(partition: int, key: bytes) -> SessionState | None:
         raw = store.get(partition, key)
@@ -127,14 +129,13 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
     async def handle(events: Sequence[EventT]) -> None:
         received_at = time.time()
         model = holder.model
-        deliveries: list[Any] = []
         clicks: dict[str, list[Click]] = {}
         for event in events:
             message = event.message
             stats.note_offset(message.partition, message.offset)
             click, error_type, reason = parse_click(message.value, message.key, settings.max_message_bytes)
             if click is None:
-                deliveries.append(await dead_letter(event, error_type, reason))
+                dead_letter(event, error_type, reason)
                 continue
             clicks.setdefault(click.session_id, []).append(Click(click, message.partition, message.offset))
             stats.note_event_time(message.partition, click.timestamp)
@@ -142,15 +143,16 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         states = {session_id: load_state(partition_of[session_id], _key(session_id)) for session_id in clicks}
         outcome = process_batch(model, clicks, states, settings.top_k, settings.ring_size, received_at)
         for session_id, payload in outcome.predictions:
-            deliveries.append(await send(settings.predictions_topic, _key(session_id), payload))
-        await asyncio.gather(*deliveries)  # predictions are out before the state that follows them is persisted
+            sender.add(settings.predictions_topic, _key(session_id), payload)
+        await asyncio.gather(*await sender.flush())  # predictions are out before the state that follows them
         for session_id, state in outcome.states.items():
-            await store.put(partition_of[session_id], _key(session_id), state.encode())
+            store.put(partition_of[session_id], _key(session_id), state.encode())
         stats.note_batch(len(events), outcome, time.time() - received_at)
         if stats.expiry_due(settings.expiry_interval_s):
-            await expire_sessions({event.message.partition for event in events})
+            expire_sessions({event.message.partition for event in events})
+        await sender.flush()  # changelog records; Faust's commit waits for them before committing offsets
 
-    async def expire_sessions(partitions: set[int]) -> None:
+    def expire_sessions(partitions: set[int]) -> None:
         """Drop sessions idle for longer than the TTL in event time (per partition watermark)."""
         for partition in partitions:
             watermark = stats.watermark(partition)
@@ -164,7 +166,7 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
                 except StateDecodeError:
                     expired.append(key)
             for key in expired:
-                await store.put(partition, key, None)
+                store.put(partition, key, None)
             stats.expired += len(expired)
             if expired:
                 log.info("partition %d: expired %d idle sessions", partition, len(expired))

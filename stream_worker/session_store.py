@@ -1,13 +1,14 @@
-"""Reads and writes of the ``sessions`` table with an explicit partition: RocksDB directly, changelog through
-the shared producer (one batched send per changed session, no per-key buffer hop)."""
+"""Reads and writes of the ``sessions`` table with an explicit partition: RocksDB directly, changelog records
+batched per partition through the shared producer."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 from faust.types import TP
+
+from stream_worker.batch_sender import BatchSender
 
 
 class SessionStore:
@@ -17,12 +18,15 @@ class SessionStore:
     message per write through a buffer that stalls the stream every 100 messages; at batch rates that is
     the worker's bottleneck. This writes the same bytes to the same places: the partition's RocksDB
     database, and the changelog topic's same partition, whose delivery advances the persisted offset, as
-    Faust's own changelog callback does, so Faust's recovery reads it back unchanged.
+    Faust's own changelog callback does, so Faust's recovery reads it back unchanged. Changelog records are
+    sent by the caller's ``BatchSender.flush``; Faust's commit flushes the producer before committing the
+    input offsets, so no committed click is missing from the changelog.
     """
 
-    def __init__(self, table: Any, producer: Any) -> None:
+    def __init__(self, table: Any, sender: BatchSender) -> None:
         self.table = table
-        self.producer = producer
+        self.sender = sender
+        sender.on_delivered(self.changelog_topic, self._persisted)
 
     @property
     def _store(self) -> Any:
@@ -36,8 +40,8 @@ class SessionStore:
         value = self._store._db_for_partition(partition).get(key)
         return bytes(value) if value is not None else None
 
-    async def put(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[Any]:
-        """Write (or delete, with None) locally and send the change to the changelog; returns its delivery."""
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Write (or delete, with None) locally and queue the change for the changelog."""
         store = self._store
         db = store._db_for_partition(partition)
         if value is None:
@@ -46,14 +50,10 @@ class SessionStore:
         else:
             db.put(key, value)
             store._key_index[key] = partition
-        delivery = await self.producer.send(self.changelog_topic, key, value, partition, None, None)
-        tp = TP(self.changelog_topic, partition)
-        delivery.add_done_callback(lambda done: self._persisted(tp, done))
-        return delivery  # type: ignore[no-any-return]
+        self.sender.add(self.changelog_topic, key, value, partition)
 
-    def _persisted(self, tp: TP, done: asyncio.Future[Any]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            self._store.set_persisted_offset(tp, done.result().offset)
+    def _persisted(self, topic: str, partition: int, base_offset: int, count: int) -> None:
+        self._store.set_persisted_offset(TP(topic, partition), base_offset + count - 1)
 
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) stored for ``partition`` on this worker."""

@@ -1,0 +1,72 @@
+"""Produce many records with one aiokafka batch per topic-partition instead of one send (and await) per record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+Delivered = Callable[[str, int, int, int], None]  # topic, partition, base offset, record count
+
+
+class BatchSender:
+    """Groups records by (topic, partition) and submits each group as record batches.
+
+    Records without a partition go where the producer's default partitioner (murmur2 of the key, as
+    Kafka's Java client) puts them, so keyed topics stay keyed as with ``producer.send``.
+    """
+
+    def __init__(self, producer: Callable[[], Any]) -> None:
+        self._get_producer = producer  # returns the started aiokafka.AIOKafkaProducer
+        self._producer: Any = None
+        self._pending: dict[tuple[str, int | None], list[tuple[bytes | None, bytes | None]]] = {}
+        self._callbacks: dict[str, Delivered] = {}
+
+    def on_delivered(self, topic: str, callback: Delivered) -> None:
+        """Call ``callback`` after each delivered batch of ``topic``."""
+        self._callbacks[topic] = callback
+
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        self._pending.setdefault((topic, partition), []).append((key, value))
+
+    async def flush(self) -> list[asyncio.Future[Any]]:
+        """Submit everything added so far; returns the delivery futures (one per record batch)."""
+        pending, self._pending = self._pending, {}
+        if self._producer is None:
+            self._producer = self._get_producer()
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        for (topic, partition), records in pending.items():
+            if partition is not None:
+                by_partition.setdefault((topic, partition), []).extend(records)
+                continue
+            all_partitions = sorted(await self._producer.partitions_for(topic))
+            for key, value in records:
+                chosen = self._producer._partitioner(key, all_partitions, all_partitions)
+                by_partition.setdefault((topic, chosen), []).append((key, value))
+        deliveries = []
+        for (topic, partition), records in by_partition.items():
+            start = 0
+            while start < len(records):
+                batch = self._producer.create_batch()
+                count = 0
+                for key, value in records[start:]:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        break
+                    count += 1
+                if count == 0:
+                    raise ValueError(f"record of {len(records[start][1] or b'')} bytes does not fit a batch")
+                future = await self._producer.send_batch(batch, topic, partition=partition)
+                callback = self._callbacks.get(topic)
+                if callback is not None:
+                    future.add_done_callback(_call_after(callback, topic, partition, count))
+                deliveries.append(future)
+                start += count
+        return deliveries
+
+
+def _call_after(callback: Delivered, topic: str, partition: int, count: int) -> Callable[[asyncio.Future[Any]], None]:
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            callback(topic, partition, future.result().offset, count)
+
+    return done
