@@ -174,7 +174,38 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
     @app.agent(clicks_topic)
     async def process_clicks(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await handle(events)
+            await handle_or_dead_letter(events)
+
+    async def handle_or_dead_letter(events: Sequence[EventT]) -> None:
+        """A failing batch is retried with backoff (the broker may be back); if it keeps failing, its clicks
+        go to the dead-letter topic with the error, so the worker never dies on a batch and loses nothing."""
+        error: Exception | None = None
+        for attempt in range(settings.batch_retries + 1):
+            sender.discard()
+            try:
+                await handle(events)
+                return
+            except Exception as failure:  # noqa: BLE001 - one bad batch must not stop the worker
+                error = failure
+                stats.batch_failures += 1
+                log.exception("batch of %d clicks failed (attempt %d)", len(events), attempt + 1)
+                await asyncio.sleep(min(settings.retry_backoff_s * 2**attempt, 30.0))
+        sender.discard()
+        for event in events:
+            dead_letter(event, "processing_failed", f"{type(error).__name__}: {error}")
+        await asyncio.gather(*await sender.flush())
+
+    @app.task
+    async def check_partitions() -> None:
+        """The sessions table is co-partitioned with the clicks topic: refuse to run on a mismatch."""
+        await clicks_topic.maybe_declare()
+        producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+        found = len(await producer.partitions_for(settings.clicks_topic))
+        if found != settings.partitions:
+            message = (f"topic {settings.clicks_topic} has {found} partitions but STREAMREC_PARTITIONS is "
+                       f"{settings.partitions}: the sessions table must be co-partitioned with it")
+            log.critical(message)
+            await app.crash(RuntimeError(message))
 
     @app.agent(model_updates_topic)
     async def model_updates(stream: Any) -> None:

@@ -26,6 +26,10 @@ class BatchSender:
         """Call ``callback`` after each delivered batch of ``topic``."""
         self._callbacks[topic] = callback
 
+    def discard(self) -> None:
+        """Forget records added but not flushed (a failed batch is rebuilt from scratch)."""
+        self._pending = {}
+
     def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         self._pending.setdefault((topic, partition), []).append((key, value))
 

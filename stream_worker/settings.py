@@ -66,6 +66,8 @@ class WorkerSettings(BaseSettings):
     max_message_bytes: int = Field(default=65536, ge=1)
     model_poll_s: float = Field(default=2.0, gt=0)
     blas_threads: int = Field(default=1, ge=1, description="BLAS threads of the worker's NumPy model")
+    batch_retries: int = Field(default=5, ge=0, description="retries of a failing batch before dead-lettering it")
+    retry_backoff_s: float = Field(default=0.5, gt=0, description="first retry delay; doubles per attempt")
     metrics_interval_s: float = Field(default=10.0, gt=0, description="how often online metrics are published")
     online_window: int = Field(default=10_000, ge=1, description="predictions in the rolling online window")
 

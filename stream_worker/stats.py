@@ -32,6 +32,7 @@ class WorkerStats:
     recomputed: int = 0
     expired: int = 0
     corrupt_states: int = 0
+    batch_failures: int = 0
     dead_letters: int = 0
     dead_letters_by_type: dict[str, int] = field(default_factory=dict)
     predictions_by_path: dict[str, int] = field(default_factory=dict)
@@ -89,6 +90,7 @@ class WorkerStats:
             "recomputed_sessions": self.recomputed,
             "expired_sessions": self.expired,
             "corrupt_states": self.corrupt_states,
+            "batch_failures": self.batch_failures,
             "dead_letters": self.dead_letters,
             "dead_letters_by_type": dict(self.dead_letters_by_type),
             "sessions": sessions,

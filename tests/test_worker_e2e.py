@@ -3,6 +3,7 @@ restarts (SIGTERM, SIGKILL, lost RocksDB) and hot model swaps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -20,6 +21,7 @@ from offline.loaders import load_events
 from offline.metrics import metrics_from_ranks
 from offline.pipeline import evaluate_artifact, train_version
 from schemas import ClickEvent, DeadLetter, OnlineMetrics
+from stream_worker.broker import create_topics
 from stream_worker.online_metrics import summary
 from stream_worker.processor import Click, process_batch
 from stream_worker.replay import click_messages, event_id, produce_raw, time_ordered
@@ -220,3 +222,47 @@ def test_hot_model_swap_during_replay_and_corrupt_artifact_refused(
     assert len(records) == len(messages)  # no event lost across the swaps
     assert set(versions[:half]) == {old_version} and set(versions[half:]) == {new_version}
     assert stats["model_swaps"] == 1 and stats["recomputed_sessions"] > 0
+
+
+def test_idle_sessions_expire_in_event_time(
+    broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, tmp_path: Path
+) -> None:
+    items = rsc15["train"]["item_id"].unique()[:3].tolist()
+
+    def click(session: str, n: int, at: float) -> tuple[bytes, bytes]:
+        event = ClickEvent(session_id=session, item_id=items[n % 3], timestamp=at, event_id=f"{session}:{n}")
+        return session.encode(), event.model_dump_json().encode()
+
+    worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", "ttl", tmp_path / "worker.log",
+                           session_ttl_s=600, expiry_interval_s=0.2, partitions=1)
+    create_topics(broker.bootstrap, {worker.topic("clicks"): 1})
+    worker.start()
+    try:
+        t0 = 1_400_000_000.0
+        produce_raw(broker.bootstrap, worker.topic("clicks"), [click("old", 0, t0), click("old", 1, t0 + 60)])
+        worker.wait_until(lambda s: s["events"] >= 2, what="old session applied")
+        time.sleep(0.5)
+        # An hour later in event time: "old" has been idle for longer than the 10-minute TTL.
+        produce_raw(broker.bootstrap, worker.topic("clicks"), [click("new", 0, t0 + 3600)])
+        worker.wait_until(lambda s: s["events"] >= 3, what="new session applied")
+        time.sleep(0.5)
+        produce_raw(broker.bootstrap, worker.topic("clicks"), [click("new", 1, t0 + 3610)])
+        stats = worker.wait_until(lambda s: s["expired_sessions"] >= 1, what="old session expired")
+        assert stats["expired_sessions"] == 1  # "new" is within the TTL
+    finally:
+        worker.stop()
+    changelog = read_topic(broker.bootstrap, f"{worker.env['STREAMREC_APP_ID']}-sessions-changelog",
+                           idle_timeout_s=3.0)
+    last = {record.key: record.value for record in changelog}
+    assert last[b"old"] is None and last[b"new"] is not None  # a tombstone: recovery drops it too
+
+
+def test_worker_refuses_clicks_topic_not_co_partitioned(broker: Any, models_dir: Path, tmp_path: Path) -> None:
+    worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", "copart", tmp_path / "worker.log",
+                           partitions=2)
+    create_topics(broker.bootstrap, {worker.topic("clicks"): 3})
+    with contextlib.suppress(RuntimeError):  # it may already have exited before answering
+        worker.start(timeout=60)
+    assert worker.process is not None
+    assert worker.process.wait(timeout=60) != 0
+    assert "has 3 partitions but STREAMREC_PARTITIONS is 2" in worker.log_path.read_text()
