@@ -38,12 +38,19 @@ class BatchOutcome:
     by_path: dict[str, int] = field(default_factory=lambda: {PATH_MODEL: 0, PATH_POPULARITY: 0})
 
 
+def click_hash(click: Click) -> int:
+    """event_hash of a click, or NO_EVENT when the producer gave it no event id."""
+    event = click.event
+    return event_hash(event.event_id, event.item_id, event.timestamp) if event.event_id is not None else NO_EVENT
+
+
 def is_duplicate(state: SessionState, click: Click) -> bool:
-    """Already applied: offset not newer than the last applied one, or the same event id as the last one."""
+    """Already applied: offset not newer than the last applied one (redelivery), or the same click as the last
+    one re-sent by the producer (same event id, item and time at a new offset)."""
     if click.offset <= state.last_offset:
         return True
-    event_id = click.event.event_id
-    return event_id is not None and state.last_event_hash != NO_EVENT and event_hash(event_id) == state.last_event_hash
+    hashed = click_hash(click)
+    return hashed != NO_EVENT and hashed == state.last_event_hash
 
 
 def rank_in_previous(top: np.ndarray, scores: np.ndarray, hashed32: int) -> int:
@@ -112,7 +119,7 @@ def process_batch(
             clicks.append(click)
             # Mark as applied now so a duplicate later in the same batch is caught too.
             state.last_offset = click.offset
-            state.last_event_hash = event_hash(click.event.event_id) if click.event.event_id else NO_EVENT
+            state.last_event_hash = click_hash(click)
         if clicks and len(state.last_top):  # the first click answers the prediction stored with the state
             outcome.ranks.append(
                 (state.model_version,

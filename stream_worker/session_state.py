@@ -27,9 +27,9 @@ def item_hash32(item_id: str) -> int:
     return item_hash(item_id) & 0xFFFFFFFF
 
 
-def event_hash(event_id: str) -> int:
-    """Non-zero 64-bit hash of a producer event id."""
-    return item_hash(event_id) or 1
+def event_hash(event_id: str, item_id: str, timestamp: float) -> int:
+    """Non-zero 64-bit hash of a click's identity: a re-sent click repeats all three; a reused id does not."""
+    return item_hash(f"{event_id}\x1f{item_id}\x1f{timestamp!r}") or 1
 
 
 class StateDecodeError(ValueError):
@@ -48,7 +48,7 @@ class SessionState:
     hidden: np.ndarray  # (n_layers, hidden_size) float32
     ring: list[int] = field(default_factory=list)  # item hashes, oldest first
     last_offset: int = NO_OFFSET  # source offset of the last applied click (its partition is fixed by the key)
-    last_event_hash: int = NO_EVENT  # hash of the last applied click's event id, if it had one
+    last_event_hash: int = NO_EVENT  # event_hash of the last applied click, if it had an event id
     last_timestamp: float = 0.0  # event time of the last applied click
     event_count: int = 0  # clicks applied (known and unknown items)
     known_count: int = 0  # clicks that moved the hidden state under model_version

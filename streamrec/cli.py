@@ -133,24 +133,10 @@ def cmd_baselines(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from offline.artifact import load_artifact
-    from offline.loaders import load_events
-    from offline.pipeline import evaluate_artifact, evaluate_baselines, train_version
-    from offline.prepare import prepare
+    from streamrec.demo import run_demo
 
-    settings = OfflineSettings()
-    prepared = settings.work_dir / "demo" / "prepared"
-    print(f"1/3 prepare {settings.demo_data} -> {prepared}")
-    report = prepare(settings.demo_data, "session-tsv", prepared)
-    print(json.dumps({k: report[k] for k in ("train", "valid", "test") if k in report}, sort_keys=True))
-    train = load_events(prepared / "train_full.tsv", "session-tsv")
-    test = load_events(prepared / "test.tsv", "session-tsv")
-    print(f"2/3 train GRU4REC on {len(train)} events -> {settings.models_dir}")
-    path, _, _ = train_version(train, _params(args), settings.models_dir, progress=args.progress)
-    print("3/3 evaluate on the last day (every next click, full catalogue, ties count against the model)")
-    metrics, _ = evaluate_artifact(load_artifact(path), test, train)
-    baselines, _ = evaluate_baselines(train, test)
-    print(_metric_table({**baselines, "gru4rec": metrics}))
+    _quiet_kafka(args)
+    run_demo(_params(args), rate=args.rate, progress=args.progress)
 
 
 # ------------------------------------------------------------------------------------------ streaming tools
@@ -277,6 +263,228 @@ def cmd_worker(args: argparse.Namespace) -> None:
     run_worker(settings, log_level=args.log_level.lower())
 
 
+# ------------------------------------------------------------------------------------------------ retraining
+
+
+def _bootstrap_configured(args: argparse.Namespace) -> bool:
+    """Whether a Kafka bootstrap was given (flag or environment): only then are model updates published."""
+    return bool(getattr(args, "bootstrap", None)) or any(
+        name.upper() == "STREAMREC_BOOTSTRAP_SERVERS" for name in os.environ
+    )
+
+
+def _retrain_source(args: argparse.Namespace, settings: Any) -> Any:
+    from offline.retrain import FileSource, TopicSource
+
+    if args.input:
+        if not args.format:
+            raise CliError("--input needs --format (" + ", ".join(FORMATS) + ")")
+        missing = [path for path in args.input if not Path(path).is_file()]
+        if missing:
+            raise CliError(f"{missing[0]}: file not found")
+        return FileSource(tuple(Path(p) for p in args.input), args.format, session_gap_s=args.session_gap,
+                          min_rating=args.min_rating)
+    if args.format:
+        raise CliError("--format applies only to --input files")
+    return TopicSource(settings.kafka_python_config(), args.from_topic or settings.clicks_topic,
+                       progress=args.progress)
+
+
+def _format_report(report: Any) -> str:
+    from offline.retrain import GATE_METRICS
+
+    def iso(stamp: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+    if report.accepted:
+        head = f"model {report.version} accepted: now current (was {report.previous_version or 'none'})"
+    else:
+        head = f"model {report.version} rejected: current stays {report.previous_version} (kept in {report.path})"
+    metrics = ", ".join(
+        f"{name} {report.candidate_metrics[name]:.4f}"
+        + (f" vs {report.current_metrics[name]:.4f}" if report.current_metrics is not None else "")
+        for name in GATE_METRICS
+    )
+    growth = f"+{report.items_added}/-{report.items_dropped}"
+    full = ", ".join(f"{name} {report.candidate_full_metrics[name]:.4f}" for name in GATE_METRICS)
+    lines = [
+        f"{head}; {report.reason}",
+        f"  gate: {report.gate_events} events from {iso(report.gate_start)}; candidate vs current on the "
+        f"{int(report.candidate_metrics['n_predictions'])} predictions both can make: {metrics}; candidate on all "
+        f"{int(report.candidate_full_metrics['n_predictions'])}: {full}"
+        + (f" (warm start from {report.parent_version})" if report.parent_version else " (from scratch)"),
+        f"  window {iso(report.window_start)} .. {iso(report.window_end)}: {report.window_events} events, trained on "
+        f"{report.train_events} events / {report.train_sessions} sessions, {report.n_items} items ({growth})",
+        "  steps: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in report.timings.items()),
+    ]
+    if report.read is not None:
+        read = report.read
+        lines.append(f"  topic {read.topic}: {read.records_read} records, {read.valid} in the window, "
+                     f"{read.bad_total} bad {read.bad or ''}, {read.duplicates} duplicates; time index: "
+                     f"{read.time_index.split(' (')[0]}")
+    if report.deleted_versions:
+        lines.append("  retention deleted " + ", ".join(report.deleted_versions))
+    if report.publish_error:
+        lines.append(f"  model-update message failed: {report.publish_error}")
+    return "\n".join(lines)
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from kafka.errors import KafkaError
+
+    from offline.retrain import CycleLoop, RetrainError, kafka_publisher, retrain_cycle
+
+    _quiet_kafka(args)
+    settings = _worker_settings(args)
+    source = _retrain_source(args, settings)
+    params = _params(args)
+    if args.gate_days >= args.window_days:
+        raise CliError(f"--window-days ({args.window_days:g}) must be larger than --gate-days ({args.gate_days:g})")
+    publish = None
+    if _bootstrap_configured(args) or not args.input:  # a topic source has a broker to publish to
+        publish = kafka_publisher(settings.kafka_python_config(), settings.model_updates_topic)
+
+    def cycle() -> None:
+        report = retrain_cycle(
+            source, Path(args.out), params, window_days=args.window_days, gate_days=args.gate_days,
+            margin=args.margin, warm_start=not args.from_scratch, keep_versions=args.keep, publish=publish,
+            keep_missing_items=args.keep_missing_items, progress=args.progress,
+        )
+        print(json.dumps(report.to_dict(), sort_keys=True) if args.json else _format_report(report), flush=True)
+
+    if args.every is None:
+        try:
+            cycle()
+        except (RetrainError, KafkaError) as error:
+            raise CliError(_one_line(error)) from None
+        return
+    loop = CycleLoop(cycle, args.every, max_cycles=args.max_cycles)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        loop.stop()
+        if loop.in_cycle:  # abort the running cycle: nothing is half-published (atomic renames)
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        logging.getLogger(__name__).info("retraining every %g s (Ctrl-C or SIGTERM stops)", args.every)
+        loop.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if loop.last_failed and not loop.stop_event.is_set():
+        raise CliError(f"{loop.failures} of {loop.cycles} cycles failed; the last one: {loop.last_error}")
+
+
+def cmd_models_list(args: argparse.Namespace) -> None:
+    from offline.retrain import GATE_METRICS, describe_versions
+
+    rows = describe_versions(Path(args.dir), include_rejected=args.rejected)
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return
+    if not rows:
+        print(f"no model versions in {args.dir}")
+        return
+    header = f"  {'version':<26}{'created':<22}{'items':>7}  {'decision':<10}" + "".join(
+        f"{name:>11}" for name in GATE_METRICS) + "  parent"
+    lines = [header]
+    for row in rows:
+        mark = "*" if row["current"] else ("r" if row["rejected"] else " ")
+        if "error" in row:
+            lines.append(f"{mark} {row['version']:<26}unreadable: {row['error']}")
+            continue
+        metrics = "".join(f"{row[name]:>11.4f}" if row[name] is not None else f"{'-':>11}" for name in GATE_METRICS)
+        lines.append(f"{mark} {row['version']:<26}{row['created']:<22}{row['n_items']:>7}  {row['decision']:<10}"
+                     f"{metrics}  {row['parent'] or '-'}")
+    print("\n".join(lines))
+    print("(* current" + (", r rejected candidate)" if args.rejected else ")"))
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> None:
+    from offline.retrain import RetrainError, kafka_publisher, rollback
+
+    _quiet_kafka(args)
+    publish = None
+    if _bootstrap_configured(args):
+        settings = _worker_settings(args)
+        publish = kafka_publisher(settings.kafka_python_config(), settings.model_updates_topic)
+    try:
+        previous, sent = rollback(Path(args.dir), args.version, publish)
+    except RetrainError as error:
+        raise CliError(str(error)) from None
+    note = "" if publish is None else (" (model-update message sent)" if sent else " (model-update message FAILED)")
+    print(f"current: {previous or 'none'} -> {args.version}{note}")
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _add_retrain_parsers(commands: Any, settings: OfflineSettings) -> None:
+    retrain = commands.add_parser(
+        "retrain", help="retrain on the last days of clicks, gate the candidate against current, publish it")
+    source = retrain.add_mutually_exclusive_group()
+    source.add_argument("--from-topic", nargs="?", const="", default=None, metavar="TOPIC",
+                        help="read ClickEvent JSON from a topic (default: env STREAMREC_CLICKS_TOPIC or 'clicks'); "
+                             "the default source")
+    source.add_argument("--input", action="append", metavar="FILE", help="read click log file(s) instead")
+    retrain.add_argument("--format", choices=FORMATS, help="format of --input files")
+    retrain.add_argument("--session-gap", type=_duration, default=3600.0, metavar="DURATION",
+                         help="inactivity gap that cuts users into sessions (movielens, goodreads); default 1h")
+    retrain.add_argument("--min-rating", type=float, default=None, help="drop ratings below this value")
+    _add_bootstrap(retrain)
+    retrain.add_argument("--window-days", type=_positive_float, default=settings.retrain_window_days, metavar="N",
+                         help="days of clicks per cycle, ending at the newest event, gate days included "
+                              f"(env STREAMREC_RETRAIN_WINDOW_DAYS; default {settings.retrain_window_days:g})")
+    retrain.add_argument("--gate-days", type=_positive_float, default=settings.retrain_gate_days, metavar="N",
+                         help="newest days held out to compare candidate and current "
+                              f"(default {settings.retrain_gate_days:g})")
+    retrain.add_argument("--margin", type=_margin, default=settings.retrain_margin,
+                         help="publish only if MRR@20 and Recall@20 >= current's minus this "
+                              f"(default {settings.retrain_margin:g})")
+    retrain.add_argument("--from-scratch", action="store_true", help="do not warm-start from the current model")
+    retrain.add_argument("--keep-missing-items", action="store_true",
+                         help="keep items of the current model that nobody clicked in the window (default: drop)")
+    retrain.add_argument("--keep", type=_at_least_one, default=settings.retrain_keep_versions, metavar="N",
+                         help="versions to keep besides current and the one it replaced "
+                              f"(default {settings.retrain_keep_versions})")
+    retrain.add_argument("--out", default=str(settings.models_dir), help="models directory (env STREAMREC_MODELS_DIR)")
+    retrain.add_argument("--every", type=_duration, metavar="DURATION",
+                         help="loop: one cycle every DURATION (e.g. 1d) until Ctrl-C/SIGTERM; failed cycles are "
+                              "logged and the loop goes on")
+    retrain.add_argument("--max-cycles", type=_at_least_one, metavar="N", help="with --every: stop after N cycles")
+    retrain.add_argument("--json", action="store_true", help="print one JSON object per cycle")
+    _add_hyperparameters(retrain)
+    retrain.set_defaults(func=cmd_retrain)
+
+    models = commands.add_parser("models", help="list model versions or roll current back")
+    actions = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    listing = actions.add_parser("list", help="versions, oldest first: created, items, gate decision, metrics")
+    listing.add_argument("--dir", default=str(settings.models_dir), help="models directory (env STREAMREC_MODELS_DIR)")
+    listing.add_argument("--rejected", action="store_true", help="also list refused candidates (MODELS_DIR/rejected)")
+    listing.add_argument("--json", action="store_true", help="print one JSON list")
+    listing.set_defaults(func=cmd_models_list)
+    back = actions.add_parser("rollback", help="point current at an existing version (and publish a model update)")
+    back.add_argument("version", metavar="VERSION")
+    back.add_argument("--dir", default=str(settings.models_dir), help="models directory (env STREAMREC_MODELS_DIR)")
+    _add_bootstrap(back)
+    back.set_defaults(func=cmd_models_rollback)
+
+
 def build_parser() -> argparse.ArgumentParser:
     settings = OfflineSettings()
     parser = _Parser(prog="streamrec", description=__doc__)
@@ -318,7 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--json", action="store_true", help="print one JSON object")
     baselines.set_defaults(func=cmd_baselines)
 
-    demo = commands.add_parser("demo", help="prepare, train and evaluate on the bundled YOOCHOOSE sample")
+    demo = commands.add_parser("demo", help="the whole product on the bundled YOOCHOOSE sample: embedded broker, "
+                                           "training if no model, worker, replay of the last day, live summary")
+    demo.add_argument("--rate", type=_positive_float, default=None, help="replay at most this many clicks/s")
     _add_hyperparameters(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -353,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap(worker)
     worker.add_argument("--models-dir", help="models directory to serve current from (env STREAMREC_MODELS_DIR)")
     worker.set_defaults(func=cmd_worker)
+    _add_retrain_parsers(commands, settings)
     return parser
 
 

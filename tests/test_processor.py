@@ -32,8 +32,9 @@ def _model(tmp_path: Path, version: str = "v1", seed: int = 0) -> ServingModel:
     return ServingModel(load_artifact(path))
 
 
-def _click(session: str, item: str, offset: int, event_id: str | None = None) -> Click:
-    event = ClickEvent(session_id=session, item_id=item, timestamp=1000.0 + offset, event_id=event_id)
+def _click(session: str, item: str, offset: int, event_id: str | None = None, at: float | None = None) -> Click:
+    event = ClickEvent(session_id=session, item_id=item, timestamp=1000.0 + offset if at is None else at,
+                       event_id=event_id)
     return Click(event, partition=0, offset=offset)
 
 
@@ -95,12 +96,14 @@ def test_duplicates_unknown_items_and_popularity_fallback(tmp_path: Path) -> Non
     assert state.known_count == 0 and state.event_count == 1 and np.all(state.hidden == 0)
     assert state.ring == [item_hash("new-item")]
     again = process_batch(
-        model, {"a": [_click("a", "new-item", 5, "e5"), _click("a", "i3", 6, "e5"), _click("a", "i3", 7, "e7")]},
+        model, {"a": [_click("a", "new-item", 5, "e5"), _click("a", "new-item", 6, "e5", at=1005.0),
+                      _click("a", "i3", 7, "e5"), _click("a", "i3", 8, "e8")]},
         {"a": state}, k=3, ring_size=4, received_at=0.0,
     )
-    # offset 5 (redelivered) and event id e5 (re-sent with a new offset) are duplicates: one prediction.
-    assert again.duplicates == 2 and len(again.predictions) == 1
-    assert again.states["a"].known_count == 1 and again.states["a"].last_offset == 7
+    # Offset 5 is redelivered and offset 6 re-sends the same click (same id, item, time): both duplicates.
+    # Offset 7 reuses the id for another click: applied, like offset 8.
+    assert again.duplicates == 2 and len(again.predictions) == 2
+    assert again.states["a"].known_count == 2 and again.states["a"].last_offset == 8
 
 
 def test_model_change_recomputes_state_from_ring(tmp_path: Path) -> None:

@@ -1,0 +1,89 @@
+"""Warm start: carry a previous model version's weights over to a new item index (catalogue growth)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from offline.artifact import ModelArtifact
+from offline.hyperparams import GRU4RecParams
+from offline.model_numpy import WEIGHT_BIAS, WEIGHT_EMBEDDING, initial_weights, layer_weight_names
+from offline.session_arrays import ItemIndex
+
+
+@dataclass(frozen=True)
+class CatalogueChange:
+    """How the item catalogue changed from the previous version to the new index."""
+
+    kept: int  # items of the previous version still in the catalogue (their rows are carried over)
+    added: int  # items new since the previous version (fresh rows)
+    dropped: int  # items of the previous version no longer in the catalogue
+
+
+def warm_start_index(previous: ItemIndex, window_items: Iterable[str], keep_missing_items: bool = False) -> ItemIndex:
+    """Item index of a warm-started candidate trained on ``window_items``.
+
+    Items of the previous version that occur in the window come first, in their previous order, then items
+    new in the window, in order of first appearance. Previous items absent from the window are dropped
+    (default: the model should not recommend items nobody clicked during the whole window, e.g. sold out or
+    delisted), or with ``keep_missing_items`` kept at their previous position (rows and biases unchanged,
+    since training never touches them: they are neither targets nor sampled negatives with zero clicks).
+    """
+    window = dict.fromkeys(window_items)
+    if keep_missing_items:
+        return previous.extended(window)
+    kept = [item for item in previous.ids.tolist() if item in window]
+    return ItemIndex([*kept, *(item for item in window if item not in previous)])
+
+
+def catalogue_change(previous: ItemIndex, new_index: ItemIndex) -> CatalogueChange:
+    """Counts of kept, added and dropped items between two indices."""
+    kept = int((previous.lookup(new_index.ids) >= 0).sum())
+    return CatalogueChange(kept=kept, added=len(new_index) - kept, dropped=len(previous) - kept)
+
+
+def model_layers(weights: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """GRU layer sizes of a weight dict (from the recurrent matrices' shapes)."""
+    sizes: list[int] = []
+    while layer_weight_names(len(sizes))[1] in weights:
+        sizes.append(int(weights[layer_weight_names(len(sizes))[1]].shape[0]))
+    return tuple(sizes)
+
+
+def warm_start_weights(
+    previous: ModelArtifact, new_index: ItemIndex, params: GRU4RecParams, seed: int
+) -> dict[str, np.ndarray]:
+    """Initial weights for ``new_index`` from ``previous``: learned rows for known items, fresh rows for new ones.
+
+    Items present in both keep their embedding row and bias bit-exactly; items unknown to ``previous`` get
+    the rows a from-scratch run with ``seed`` would give them (``initial_weights`` over the new index: uniform
+    +-sqrt(6/(n_items+hidden)), bias 0); GRU weights are copied. Items of ``previous`` absent from
+    ``new_index`` are dropped (choose them with ``warm_start_index``). Raises ValueError when the previous
+    model's layer sizes differ from ``params.layers``.
+    """
+    old = previous.weights
+    layers = model_layers(old)
+    if layers != tuple(params.layers):
+        raise ValueError(
+            f"cannot warm-start from model {previous.version}: its layers {list(layers)} differ from the "
+            f"requested {list(params.layers)}; train from scratch or keep the layer sizes"
+        )
+    if old[WEIGHT_EMBEDDING].shape[1] != params.hidden_size:
+        raise ValueError(f"cannot warm-start from model {previous.version}: embedding width "
+                         f"{old[WEIGHT_EMBEDDING].shape[1]} differs from hidden size {params.hidden_size}")
+    if len(new_index) == 0:
+        raise ValueError("cannot warm-start onto an empty item index")
+    fresh = initial_weights(len(new_index), params.layers, seed)
+    rows = previous.item_index.lookup(new_index.ids)  # (n_new,) previous row or -1
+    known = rows >= 0
+    embedding = fresh[WEIGHT_EMBEDDING]
+    bias = fresh[WEIGHT_BIAS]
+    embedding[known] = np.asarray(old[WEIGHT_EMBEDDING], dtype=np.float32)[rows[known]]
+    bias[known] = np.asarray(old[WEIGHT_BIAS], dtype=np.float32)[rows[known]]
+    weights = {WEIGHT_EMBEDDING: embedding, WEIGHT_BIAS: bias}
+    for layer in range(len(layers)):
+        for name in layer_weight_names(layer):
+            weights[name] = np.array(old[name], dtype=np.float32, copy=True)
+    return weights

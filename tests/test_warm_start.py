@@ -1,0 +1,106 @@
+"""Warm start: learned rows survive bit-exactly, new items get fresh rows, dead items go, sizes must match."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from offline.artifact import ModelArtifact, expected_shapes, load_artifact, write_artifact
+from offline.hyperparams import GRU4RecParams
+from offline.model_numpy import WEIGHT_BIAS, WEIGHT_EMBEDDING, GRU4RecNumpy, initial_weights, layer_weight_names
+from offline.pipeline import to_sessions
+from offline.session_arrays import ItemIndex
+from offline.warm_start import CatalogueChange, catalogue_change, warm_start_index, warm_start_weights
+from schemas import ModelManifest
+from schemas.manifest import TrainingWindow
+
+LAYERS = (8,)
+OLD_ITEMS = [f"old{i}" for i in range(6)]
+
+
+@pytest.fixture()
+def previous(tmp_path: Path) -> ModelArtifact:
+    """A 'trained' version: random weights, non-zero biases, so copies can be told from fresh rows."""
+    rng = np.random.default_rng(3)
+    weights = initial_weights(len(OLD_ITEMS), LAYERS, seed=11)
+    weights = {name: (array + rng.normal(0, 0.3, array.shape)).astype(np.float32) for name, array in weights.items()}
+    manifest = ModelManifest(
+        version="v1", created_at=1.0, training_window=TrainingWindow(start=0.0, end=1.0), data_digest="0" * 64,
+        hyperparameters=GRU4RecParams(layers=LAYERS).flat(), n_items=len(OLD_ITEMS), hidden_size=LAYERS[-1],
+        n_layers=len(LAYERS),
+    )
+    path = write_artifact(tmp_path, manifest, weights, ItemIndex(OLD_ITEMS), np.arange(len(OLD_ITEMS)))
+    return load_artifact(path)
+
+
+def test_index_keeps_known_items_first_and_drops_or_keeps_missing_ones() -> None:
+    previous = ItemIndex(OLD_ITEMS)
+    window = ["new1", "old3", "old0", "new0", "old3", "new1", "old5"]
+    dropped = warm_start_index(previous, window)
+    assert dropped.ids.tolist() == ["old0", "old3", "old5", "new1", "new0"]
+    assert catalogue_change(previous, dropped) == CatalogueChange(kept=3, added=2, dropped=3)
+    kept = warm_start_index(previous, window, keep_missing_items=True)
+    assert kept.ids.tolist() == [*OLD_ITEMS, "new1", "new0"]
+    assert catalogue_change(previous, kept).dropped == 0
+
+
+def test_old_rows_survive_bit_exactly_and_new_items_get_fresh_rows(previous: ModelArtifact) -> None:
+    params = GRU4RecParams(layers=LAYERS)
+    index = warm_start_index(previous.item_index, ["old4", "new0", "old1", "new1", "old0"])
+    weights = warm_start_weights(previous, index, params, seed=7)
+
+    assert {k: v.shape for k, v in weights.items()} == expected_shapes(len(index), LAYERS[-1], list(LAYERS))
+    assert all(v.dtype == np.float32 for v in weights.values())
+    old = previous.weights
+    for item in ("old0", "old1", "old4"):
+        new_row, old_row = index.get(item), previous.item_index.get(item)
+        assert np.array_equal(weights[WEIGHT_EMBEDDING][new_row], old[WEIGHT_EMBEDDING][old_row])
+        assert weights[WEIGHT_BIAS][new_row] == old[WEIGHT_BIAS][old_row]
+    fresh = initial_weights(len(index), LAYERS, seed=7)
+    for item in ("new0", "new1"):
+        row = index.get(item)
+        assert np.array_equal(weights[WEIGHT_EMBEDDING][row], fresh[WEIGHT_EMBEDDING][row])
+        assert weights[WEIGHT_BIAS][row] == 0.0
+        assert not any(np.array_equal(weights[WEIGHT_EMBEDDING][row], r) for r in old[WEIGHT_EMBEDDING])
+    for name in layer_weight_names(0):
+        assert np.array_equal(weights[name], old[name]) and weights[name] is not old[name]
+    assert len(index) == 5  # old2, old3 and old5 (absent from the window) are gone
+
+    # The warm-started model scores known items exactly as the previous one did.
+    before, after = GRU4RecNumpy(old), GRU4RecNumpy(weights)
+    before.reset(1)
+    after.reset(1)
+    rows = np.zeros(1, np.int64)
+    for item in ("old4", "old1"):
+        old_scores = before.step(rows, np.array([previous.item_index.get(item)]))
+        new_scores = after.step(rows, np.array([index.get(item)]))
+        for known in ("old0", "old1", "old4"):
+            assert old_scores[0, previous.item_index.get(known)] == new_scores[0, index.get(known)]
+
+
+def test_warm_start_trains_on_top(previous: ModelArtifact) -> None:
+    from offline.train import GRU4RecTrainer, item_counts  # TensorFlow
+
+    params = GRU4RecParams(layers=LAYERS, batch_size=4, n_sample=8, n_epochs=1, steps_per_call=4)
+    frame = pd.DataFrame({"session_id": ["a", "a", "a", "b", "b", "c", "c"],
+                          "item_id": ["old0", "new0", "old1", "new0", "old0", "old1", "new1"],
+                          "timestamp": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]})
+    index = warm_start_index(previous.item_index, frame["item_id"])
+    sessions = to_sessions(frame, index)
+    initial = warm_start_weights(previous, index, params, seed=params.seed)
+    trainer = GRU4RecTrainer(params, item_counts(sessions, len(index)), initial=initial)
+    trainer.fit(sessions, progress=False)
+    trained = trainer.weights()
+    assert trained[WEIGHT_EMBEDDING].shape == (len(index), LAYERS[-1])
+    assert not np.array_equal(trained[layer_weight_names(0)[0]], initial[layer_weight_names(0)[0]])
+
+
+@pytest.mark.parametrize("layers", [(16,), (8, 8)])
+def test_refuses_different_layer_sizes(previous: ModelArtifact, layers: tuple[int, ...]) -> None:
+    index = warm_start_index(previous.item_index, ["old0", "new0"])
+    with pytest.raises(ValueError, match=r"layers \[8\] differ") as error:
+        warm_start_weights(previous, index, GRU4RecParams(layers=layers), seed=0)
+    assert "\n" not in str(error.value)
