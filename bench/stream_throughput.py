@@ -101,19 +101,21 @@ class App:
         self.log.close()
 
 
-def sustained(kind: str, broker: EmbeddedBroker, models_dir: Path, work: Path, messages: list[Any]) -> float:
-    """Events/s over a backlog produced before the app starts (output CreateTime span)."""
+def sustained(kind: str, broker: EmbeddedBroker, models_dir: Path, work: Path,
+              messages: list[Any]) -> tuple[float, dict[str, Any]]:
+    """Events/s over a backlog produced before the app starts (output CreateTime span), and the app's /stats."""
     prefix = f"{kind}-max-{time.monotonic_ns()}"
     produce_raw(broker.bootstrap, f"{prefix}-clicks", messages)
     app = App(kind, broker.bootstrap, models_dir, work, prefix)
     try:
         records = read_records(broker.bootstrap, f"{prefix}-out", len(messages), timeout_s=600)
+        stats = app.stats()
     finally:
         app.stop()
     if len(records) < len(messages):
         raise RuntimeError(f"{kind}: only {len(records)} of {len(messages)} outputs")
     stamps = np.array([r.timestamp for r in records], dtype=np.float64) / 1000.0
-    return len(records) / max(stamps.max() - stamps.min(), 1e-9)
+    return len(records) / max(stamps.max() - stamps.min(), 1e-9), stats
 
 
 def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: list[Any], rates: list[float],
@@ -185,8 +187,8 @@ def main() -> None:
             models_dir = work / "models"
             train = load_events(DATA / "yoochoose-clicks-100k_train_tr.txt", "session-tsv")
             train_version(train, GRU4RecParams(n_epochs=2), models_dir, progress=False)
-        passthrough = sustained("passthrough", broker, models_dir, work, messages)
-        worker = sustained("worker", broker, models_dir, work, messages)
+        passthrough, _ = sustained("passthrough", broker, models_dir, work, messages)
+        worker, worker_stats = sustained("worker", broker, models_dir, work, messages)
         rates = [round(worker * f, -1) for f in (0.25, 0.5)]
         lat, bytes_per_session = latencies(broker, models_dir, work, messages, rates, args.latency_seconds)
     print(f"sustained over a {args.events}-event backlog (2,873-item model, top-20, 4 partitions):")
@@ -195,6 +197,12 @@ def main() -> None:
     for rate, (p50, p99) in lat.items():
         print(f"  offered {rate:6.0f} ev/s ({rate / worker:.0%} of max): p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
     print(f"  bytes per session (changelog value): {bytes_per_session:.0f}")
+    busy = worker_stats["busy_seconds"]
+    wall = args.events / worker
+    print(f"  worker batches: {worker_stats['batches']} (mean {args.events / worker_stats['batches']:.0f} clicks); "
+          f"time in batch handling {busy:.1f} s of {wall:.1f} s wall:")
+    for stage, seconds in worker_stats["seconds_by_stage"].items():
+        print(f"    {stage:<12} {seconds:6.2f} s  {seconds / args.events * 1e6:6.1f} us/click  {seconds / wall:5.1%}")
     half = lat[rates[1]]
     print(f"events_per_s={worker:.0f} passthrough_events_per_s={passthrough:.0f} ratio={worker / passthrough:.2f} "
           f"p50_ms={half[0]:.1f} p99_ms={half[1]:.1f} bytes_per_session={bytes_per_session:.0f}")

@@ -19,6 +19,9 @@ class _Holder(Protocol):
     def model(self) -> Any: ...
 
 
+STAGES = ("parse", "load_state", "model", "publish_ack", "store_state")  # the steps of one batch, in order
+
+
 @dataclass
 class WorkerStats:
     """Counters since start; offsets and event-time watermarks per partition."""
@@ -38,6 +41,7 @@ class WorkerStats:
     predictions_by_path: dict[str, int] = field(default_factory=dict)
     last_batch_seconds: float = 0.0
     busy_seconds: float = 0.0
+    seconds_by_stage: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     _next_offset: dict[int, int] = field(default_factory=dict)
     _watermark: dict[int, float] = field(default_factory=dict)
     _last_expiry: float = field(default_factory=time.monotonic)
@@ -55,7 +59,8 @@ class WorkerStats:
     def watermark(self, partition: int) -> float | None:
         return self._watermark.get(partition)
 
-    def note_batch(self, n_events: int, outcome: BatchOutcome, seconds: float) -> None:
+    def note_batch(self, n_events: int, outcome: BatchOutcome, marks: list[float]) -> None:
+        """Count a processed batch; ``marks`` are perf_counter() readings between the STAGES."""
         self.events += n_events
         self.batches += 1
         self.predictions += len(outcome.predictions)
@@ -65,8 +70,10 @@ class WorkerStats:
             self.online.add(version, rank)
         for path, count in outcome.by_path.items():
             self.predictions_by_path[path] = self.predictions_by_path.get(path, 0) + count
-        self.last_batch_seconds = seconds
-        self.busy_seconds += seconds
+        for stage, start, end in zip(STAGES, marks[:-1], marks[1:], strict=True):
+            self.seconds_by_stage[stage] += end - start
+        self.last_batch_seconds = marks[-1] - marks[0]
+        self.busy_seconds += self.last_batch_seconds
 
     def expiry_due(self, interval_s: float) -> bool:
         now = time.monotonic()
@@ -98,6 +105,7 @@ class WorkerStats:
             "lag_total": sum(lags.values()),
             "last_batch_seconds": self.last_batch_seconds,
             "busy_seconds": self.busy_seconds,
+            "seconds_by_stage": dict(self.seconds_by_stage),
             "online": {
                 version: {"since_start": summary(total), "window": summary(window)}
                 for version in self.online.versions()
