@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,27 +103,17 @@ def read_click_window(
     are empty, not JSON or not a valid ClickEvent are counted by reason and skipped; duplicate ``event_id``s
     are kept once. Rows are sorted by (timestamp, partition, offset).
     """
-    from kafka import KafkaConsumer, TopicPartition
 
     if math.isnan(start_ts) or math.isnan(end_ts) or end_ts <= start_ts:
         raise ValueError(f"empty time window [{start_ts}, {end_ts})")
     started = time.monotonic()
     report = ReadReport(topic, float(start_ts), float(end_ts))
-    target = client_config(config)
-    ends = end_offsets(target, topic)
-    if not ends:
-        raise TopicReadError(f"topic {topic!r} does not exist")
-    consumer = KafkaConsumer(**{**target, **CONSUMER_OPTIONS})
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(ends)]
-        begins = {tp.partition: int(offset) for tp, offset in consumer.beginning_offsets(tps).items()}
+    with _assigned(config, topic) as (consumer, tps, begins, ends):
         starts, seek, report.time_index = _start_offsets(consumer, tps, start_ts - seek_slack_s, begins, ends)
         for tp in tps:
             p = tp.partition
             report.partitions[p] = PartitionRead(p, begins[p], starts[p], ends[p], seek[p])
         columns = _read_partitions(consumer, tps, report, progress, idle_timeout_s)
-    finally:
-        consumer.close()
     frame = _frame(columns)
     report.seconds = time.monotonic() - started
     logger.info(
@@ -140,6 +131,23 @@ def newest_event_timestamp(config: ClientTarget, topic: str, tail_records: int =
     A lower bound of the topic's newest event time when events arrive roughly in time order; reading a
     window from (this - N days) therefore never misses the last N days.
     """
+
+    with _assigned(config, topic) as (consumer, tps, begins, ends):
+        report = ReadReport(topic, -math.inf, math.inf)
+        for tp in tps:
+            p = tp.partition
+            start = max(begins[p], ends[p] - tail_records)
+            report.partitions[p] = PartitionRead(p, begins[p], start, ends[p], "tail")
+        columns = _read_partitions(consumer, tps, report, False, 30.0)
+    return max(columns["timestamp"]) if columns["timestamp"] else None
+
+
+# ------------------------------------------------------------------------------------------------- internals
+
+
+@contextlib.contextmanager
+def _assigned(config: ClientTarget, topic: str) -> Iterator[tuple[Any, list[Any], dict[int, int], dict[int, int]]]:
+    """A group-less consumer over every partition of ``topic``, with the log start and true end offsets."""
     from kafka import KafkaConsumer, TopicPartition
 
     target = client_config(config)
@@ -150,18 +158,9 @@ def newest_event_timestamp(config: ClientTarget, topic: str, tail_records: int =
     try:
         tps = [TopicPartition(topic, p) for p in sorted(ends)]
         begins = {tp.partition: int(offset) for tp, offset in consumer.beginning_offsets(tps).items()}
-        report = ReadReport(topic, -math.inf, math.inf)
-        for tp in tps:
-            p = tp.partition
-            start = max(begins[p], ends[p] - tail_records)
-            report.partitions[p] = PartitionRead(p, begins[p], start, ends[p], "tail")
-        columns = _read_partitions(consumer, tps, report, False, 30.0)
+        yield consumer, tps, begins, ends
     finally:
         consumer.close()
-    return max(columns["timestamp"]) if columns["timestamp"] else None
-
-
-# ------------------------------------------------------------------------------------------------- internals
 
 
 def _start_offsets(
