@@ -1,4 +1,4 @@
-"""Session-parallel mini-batches (GRU4Rec): one generator for what enters a batch, one function for the reset."""
+"""Session-parallel mini-batches (GRU4Rec): what enters each batch; the reset itself is model_tf.reset_hidden."""
 
 from __future__ import annotations
 
@@ -61,7 +61,3 @@ def session_parallel_batches(data: SessionArrays, batch_size: int) -> Iterator[M
             else:
                 valid[done] = False
 
-
-def reset_hidden(hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Zero the hidden state of slots whose session starts now. hidden: (n_layers, batch, hidden) or (batch, hidden)."""
-    return np.where(starts[:, None], 0.0, hidden).astype(hidden.dtype, copy=False)

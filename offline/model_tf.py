@@ -25,6 +25,11 @@ def gru_step(
     return (1.0 - z) * n + z * h
 
 
+def reset_hidden(hidden: tf.Tensor, starts: tf.Tensor) -> tf.Tensor:
+    """Zero the state of slots whose session starts at this step: hidden (n_layers, batch, size), starts (batch,)."""
+    return hidden * (1.0 - starts)[None, :, None]
+
+
 class GRU4RecTF(tf.Module):
     """The trainable model; item rows (embedding, bias) are updated sparsely by the trainer."""
 

@@ -15,7 +15,7 @@ from offline.batching import MiniBatch, session_parallel_batches
 from offline.hyperparams import GRU4RecParams
 from offline.losses import bpr_max, cross_entropy_logq
 from offline.model_numpy import initial_weights
-from offline.model_tf import GRU4RecTF
+from offline.model_tf import GRU4RecTF, reset_hidden
 from offline.sampling import SampleCache
 from offline.session_arrays import SessionArrays
 
@@ -107,7 +107,7 @@ class GRU4RecTrainer:
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """One mini-batch: reset started slots, forward, sampled loss, backward (one step), sparse/dense update."""
         p = self.params
-        hidden = hidden * (1.0 - starts)[None, :, None]  # zero the state of slots whose session starts now
+        hidden = reset_hidden(hidden, starts)
         candidates = tf.concat([targets, samples], axis=0)  # (batch + n_sample,)
         batch = tf.shape(inputs)[0]
         masks = [self._dropout_mask(tf.stack([batch, size]), p.dropout_p_hidden) for size in p.layers]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
-from offline.batching import reset_hidden, session_parallel_batches
+from offline.batching import session_parallel_batches
+from offline.model_tf import reset_hidden
 from offline.sampling import SampleCache
 from offline.session_arrays import ItemIndex, SessionArrays
 
@@ -56,10 +58,9 @@ def test_every_training_pair_appears_once() -> None:
 
 
 def test_reset_zeroes_only_started_slots() -> None:
-    hidden = np.ones((3, 4), np.float32)
-    out = reset_hidden(hidden, np.array([False, True, False]))
-    assert out[1].sum() == 0 and out[0].sum() == 4 and out[2].sum() == 4
-    assert out.dtype == np.float32
+    hidden = tf.ones((2, 3, 4))  # (n_layers, batch, size)
+    out = reset_hidden(hidden, tf.constant([0.0, 1.0, 0.0])).numpy()
+    assert out[:, 1].sum() == 0 and out[:, 0].sum() == 8 and out[:, 2].sum() == 8
 
 
 def test_sample_cache_follows_popularity_power() -> None:
