@@ -19,6 +19,7 @@ import pandas as pd
 
 from offline.package_files import installed, package_file
 from offline.sessionize import sessionize
+from schemas.events import MAX_TIMESTAMP
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _load_session_tsv(path: Path, compression: Compression) -> pd.DataFrame:
         path, compression, sep="\t", n_fields=len(header), skip_lines=1, layout=repr("\t".join(header))
     )
     _require_nonempty(path, fields, lines, list(SESSION_TSV_HEADER), positions)
-    times = _numbers(path, fields[positions[2]], lines, "Time")
+    times = _timestamps(path, fields[positions[2]], lines, "Time")
     return _canonical(fields[positions[0]], fields[positions[1]], times)
 
 
@@ -182,7 +183,7 @@ def _load_movielens(path: Path, compression: Compression) -> pd.DataFrame:
     if not len(fields):
         raise DataFormatError(path, "no events (the file holds only blank lines or a header)")
     _require_nonempty(path, fields, lines, list(columns), list(columns.values()))
-    timestamps = _numbers(path, fields[columns["timestamp"]], lines, "timestamp")
+    timestamps = _timestamps(path, fields[columns["timestamp"]], lines, "timestamp")
     if "rating" in columns:
         ratings = _numbers(path, fields[columns["rating"]], lines, "rating")
     else:
@@ -425,6 +426,14 @@ def _numbers(path: Path, values: pd.Series, lines: np.ndarray, name: str) -> np.
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     _fail_first(path, ~np.isfinite(numbers), lines, lambda i: f"bad {name} {_show(values.iat[i])}")
     return numbers
+
+
+def _timestamps(path: Path, values: pd.Series, lines: np.ndarray, name: str) -> np.ndarray:
+    """Epoch seconds within what the contracts accept (1970 to 2200); anything else is a malformed line."""
+    stamps = _numbers(path, values, lines, name)
+    _fail_first(path, (stamps < 0) | (stamps > MAX_TIMESTAMP), lines,
+                lambda i: f"{name} {_show(values.iat[i])} is outside 1970-2200 (seconds since the epoch)")
+    return stamps
 
 
 def _fail_first(path: Path, bad: np.ndarray, lines: np.ndarray, describe: Callable[[int], str]) -> None:

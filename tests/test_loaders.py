@@ -331,3 +331,11 @@ def test_goodreads_malformed(tmp_path: Path, lines: list[str], line: int, fragme
     error = format_error(write(tmp_path / "g.json", "\n".join(lines) + "\n"), "goodreads")
     assert error.line == line
     assert fragment in str(error)
+
+
+@pytest.mark.parametrize("stamp", ["1e300", "99999999999999999999999", "-1"])
+def test_timestamps_outside_the_contract_range_are_malformed_lines(tmp_path: Path, stamp: str) -> None:
+    path = tmp_path / "clicks.tsv"
+    path.write_text(f"SessionId\tItemId\tTime\n1\t2\t100.0\n1\t3\t{stamp}\n")
+    with pytest.raises(DataFormatError, match="line 3: Time .* is outside 1970-2200"):
+        load_events(path, "session-tsv")

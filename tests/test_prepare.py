@@ -99,7 +99,7 @@ def test_prepare_writes_everything(tmp_path: Path) -> None:
 
 
 def test_write_session_tsv_round_trips_exactly(tmp_path: Path) -> None:
-    times = [1396437466.9400001, 1396437466.94, 1e-7, 1396437466.123456789, 0.1 + 0.2, 1e16 + 2.0]
+    times = [1396437466.9400001, 1396437466.94, 1e-7, 1396437466.123456789, 0.1 + 0.2, 7258118399.999999]
     frame = pd.DataFrame(
         {"session_id": ["s", "s", "t", "t", "u", "u"], "item_id": list("abcdef"), "timestamp": times}
     ).astype({"session_id": "str", "item_id": "str"})
