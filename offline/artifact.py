@@ -150,7 +150,8 @@ def _read(directory: Path, name: str, reader: Any) -> Any:
     path = _read_file(directory, name)
     try:
         return reader(path)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    # MemoryError: an .npy header that claims a huge array makes NumPy allocate before it reads anything.
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as error:
         raise ArtifactError(f"unreadable {name} in {directory}: {type(error).__name__}: {error}") from None
 
 

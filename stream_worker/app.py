@@ -51,6 +51,8 @@ def parse_click(raw: Any, key: bytes | None, max_bytes: int) -> tuple[ClickEvent
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "event"
+        if len(where) > 80 or not where.isprintable():  # unknown field names come from the message itself
+            where = ascii(where[:80])
         kind = "invalid_json" if first["type"] == "json_invalid" else "validation"
         return None, kind, f"{where}: {first['msg']} ({error.error_count()} error(s))"
     if key is None or key != _key(click.session_id):
@@ -152,6 +154,12 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         marks.append(time.perf_counter())
         for session_id, state in outcome.states.items():
             store.put(partition_of[session_id], _key(session_id), state.encode())
+        for session_id, stored in states.items():
+            if stored is not None and session_id not in outcome.states:
+                # Only redelivered clicks, already applied: the state may have reached RocksDB but not the
+                # changelog before a crash (or a failed attempt of this batch); send it again so a changelog
+                # restore (failover, lost data dir) cannot go back to a state before clicks already committed.
+                store.put(partition_of[session_id], _key(session_id), stored.encode())
         if stats.expiry_due(settings.expiry_interval_s):
             expire_sessions({event.message.partition for event in events})
         await sender.flush()  # changelog records; Faust's commit waits for them before committing offsets
