@@ -35,7 +35,7 @@ from stream_worker.processor import Click, process_batch  # noqa: E402
 from stream_worker.replay import click_messages, produce_raw, time_ordered  # noqa: E402
 from stream_worker.serving import ServingModel  # noqa: E402
 from stream_worker.session_state import SessionState  # noqa: E402
-from tests.streaming import WorkerProcess  # noqa: E402
+from tests.streaming import WorkerProcess, same_ranking  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "rsc15-100k"
 Message = tuple[bytes | None, bytes | None]
@@ -102,21 +102,6 @@ def reference_run(model: ServingModel, messages: Sequence[Message], k: int = 20,
 
 def load_model(models_dir: Path) -> ServingModel:
     return ServingModel(load_artifact(models_dir / "current"))
-
-
-def same_ranking(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-4) -> bool:
-    """Same top-k up to float noise (as tests/test_worker_e2e.py): scores agree, and items may only swap where
-    their scores are within ``tol`` (matrix products over different batch compositions differ in the last bits)."""
-    if got["model_version"] != want["model_version"] or got["path"] != want["path"]:
-        return False
-    if got["items"] == want["items"]:
-        return bool(np.allclose(got["scores"], want["scores"], atol=tol))
-    if not np.allclose(got["scores"], want["scores"], atol=tol):
-        return False
-    wanted = dict(zip(want["items"], want["scores"], strict=True))
-    cutoff = want["scores"][-1]
-    return all(abs(wanted[i] - s) <= tol if i in wanted else abs(s - cutoff) <= tol
-               for i, s in zip(got["items"], got["scores"], strict=True))
 
 
 # ------------------------------------------------------------------------------------------------ topics
@@ -374,9 +359,11 @@ def run_crash_recovery(bootstrap: str, models_dir: Path, work: Path, messages: S
             if n == 0:  # once during start-up (group join / table recovery), before any event is processed
                 follower.until(lambda _: False, timeout_s=rng.uniform(0.5, 3.0))
             else:  # otherwise mid-stream: a random moment after this incarnation started processing
-                if not follower.until(lambda _: watcher.last.get("events", 0) > 0, timeout_s=120):  # noqa: B023
+                if not follower.until(lambda r: done(r) or watcher.last.get("events", 0) > 0,  # noqa: B023
+                                      timeout_s=120):
                     raise TimeoutError(f"restart {n}: no event processed within 120 s; log {worker.log_path}")
-                resumed_s = time.monotonic() - restarted
+                if watcher.last.get("events", 0) > 0:  # (else everything was already predicted and committed)
+                    resumed_s = time.monotonic() - restarted
                 follower.until(lambda _: False, timeout_s=rng.uniform(min_gap_s, max_gap_s))
             killed_at = time.time()
             worker.stop(signal.SIGKILL)

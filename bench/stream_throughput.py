@@ -19,26 +19,17 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from crash_recovery import workload  # noqa: E402
 
 from offline.loaders import load_events  # noqa: E402
 from stream_worker.broker import EmbeddedBroker, free_port  # noqa: E402
-from stream_worker.replay import click_messages, produce_raw, time_ordered  # noqa: E402
+from stream_worker.replay import produce_raw  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def workload(n_events: int) -> list[tuple[bytes | None, bytes | None]]:
-    """Real YOOCHOOSE clicks in time order, repeated with fresh session ids until ``n_events``."""
-    frame = load_events(DATA / "yoochoose-clicks-100k_train_full.txt", "session-tsv")
-    messages: list[tuple[bytes | None, bytes | None]] = []
-    copy = 0
-    while len(messages) < n_events:
-        shifted = frame.assign(session_id=frame["session_id"] + (f"-r{copy}" if copy else ""))
-        messages += [(k, v) for k, v, _ in click_messages(time_ordered(shifted))]
-        copy += 1
-    return messages[:n_events]
 
 
 def read_records(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Any]:

@@ -122,3 +122,18 @@ def online_ranks(
             target = items[position + 1]
             ranks.append(sum(s >= listed[target] for s in listed.values()) if target in listed else 0)
     return np.array(ranks)
+
+
+def same_ranking(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-4) -> bool:
+    """Same prediction up to float noise: same version and path, scores agree, and items may only swap where
+    their scores are within ``tol`` (matrix products over different batch compositions differ in the last bits)."""
+    if got["model_version"] != want["model_version"] or got["path"] != want["path"]:
+        return False
+    if got["items"] == want["items"]:
+        return bool(np.allclose(got["scores"], want["scores"], atol=tol))
+    if not np.allclose(got["scores"], want["scores"], atol=tol):
+        return False
+    wanted = dict(zip(want["items"], want["scores"], strict=True))
+    cutoff = want["scores"][-1]
+    return all(abs(wanted[i] - s) <= tol if i in wanted else abs(s - cutoff) <= tol
+               for i, s in zip(got["items"], got["scores"], strict=True))

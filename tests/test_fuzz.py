@@ -335,8 +335,7 @@ def check_worker_on_corpus(broker: Any, models_dir: Path, tmp_path: Path, corpus
     prediction equal (up to float noise) to an in-process run of the valid clicks alone, no crash."""
     from stream_worker.replay import produce_raw
     from stream_worker.tail import read_topic
-    from tests.streaming import WorkerProcess
-    from tests.test_worker_e2e import _same_ranking
+    from tests.streaming import WorkerProcess, same_ranking
 
     prefix = f"fuzz-{os.getpid()}-{time.monotonic_ns()}"
     worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", prefix, tmp_path / "worker.log",
@@ -375,7 +374,7 @@ def check_worker_on_corpus(broker: Any, models_dir: Path, tmp_path: Path, corpus
     got = {(p["partition"], p["offset"]): p for p in (json.loads(r.value or b"") for r in records)}
     assert len(records) == len(got) == len(want)  # exactly one prediction per applied valid click
     assert set(got) == set(want)
-    wrong = [k for k in want if not _same_ranking(got[k], want[k], tol=1e-4)]
+    wrong = [k for k in want if not same_ranking(got[k], want[k], tol=1e-4)]
     assert not wrong, f"{len(wrong)} predictions differ, e.g. {[(got[k], want[k]) for k in wrong[:2]]}"
     assert stats["dead_letters"] == len(expected_letters)
     return {"messages": len(corpus), "dead_letters": len(letters), "predictions": len(got)}

@@ -27,7 +27,7 @@ from stream_worker.processor import Click, process_batch
 from stream_worker.replay import click_messages, event_id, produce_raw, time_ordered
 from stream_worker.serving import ServingModel
 from stream_worker.tail import read_topic
-from tests.streaming import WorkerProcess, online_ranks, predictions_by_event
+from tests.streaming import WorkerProcess, online_ranks, predictions_by_event, same_ranking
 
 QUICK = GRU4RecParams(n_epochs=2)
 
@@ -79,19 +79,6 @@ def _expected_predictions(model_path: Path, frame: pd.DataFrame) -> dict[str, di
         clicks.setdefault(session, []).append(Click(event, 0, offset))
     outcome = process_batch(model, clicks, {}, k=20, ring_size=50, received_at=0.0)
     return {json.loads(p)["event_id"]: json.loads(p) for _, p in outcome.predictions}
-
-
-def _same_ranking(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-4) -> bool:
-    """Same top-k up to float noise: scores agree, and items may swap only where their scores are within tol
-    (matrix products over different batch compositions differ in the last bits)."""
-    if got["items"] == want["items"]:
-        return True
-    if not np.allclose(got["scores"], want["scores"], atol=tol):
-        return False
-    wanted = dict(zip(want["items"], want["scores"], strict=True))
-    cutoff = want["scores"][-1]
-    return all(abs(wanted[i] - s) <= tol if i in wanted else abs(s - cutoff) <= tol
-               for i, s in zip(got["items"], got["scores"], strict=True))
 
 
 def test_replay_gives_one_prediction_per_valid_event_with_offline_parity(
@@ -176,7 +163,7 @@ def test_restarts_recover_state_exactly(
     predictions = predictions_by_event(read_topic(broker.bootstrap, worker.topic("predictions"), idle_timeout_s=3.0))
     expected = _expected_predictions(models_dir / "current", frame)
     assert set(predictions) == set(expected)  # every valid event has a prediction
-    wrong = [e for e, ps in predictions.items() if not all(_same_ranking(p, expected[e]) for p in ps)]
+    wrong = [e for e, ps in predictions.items() if not all(same_ranking(p, expected[e]) for p in ps)]
     assert not wrong, f"{len(wrong)} predictions differ from an uninterrupted run, e.g. {wrong[:3]}"
 
 
