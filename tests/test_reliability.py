@@ -56,8 +56,8 @@ def test_sigkill_loop_loses_nothing_and_ends_in_the_fault_free_state(
 ) -> None:
     """5 SIGKILLs at random moments (every second restart without RocksDB): every event predicted, every
     prediction (duplicates included) equal to the fault-free one, final table equal to the fault-free states."""
-    report = run_crash_recovery(broker.bootstrap, rsc15_models, tmp_path, workload(20_000, rsc15_dir), n_kills=5,
-                                seed=3, max_gap_s=4.0, log=lambda _: None)
+    report = run_crash_recovery(broker.bootstrap, rsc15_models, tmp_path, workload(30_000, rsc15_dir), n_kills=5,
+                                seed=3, max_gap_s=2.5, log=lambda _: None)
     assert len(report.kills) == 5
     assert report.predictions["without_prediction"] == 0
     assert report.predictions["differing_from_fault_free"] == 0, report.predictions["examples"]
