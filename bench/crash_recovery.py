@@ -337,7 +337,7 @@ def run_crash_recovery(bootstrap: str, models_dir: Path, work: Path, messages: S
     model = load_model(models_dir)
     reference = reference_run(model, messages)
     worker = WorkerProcess(bootstrap, models_dir, data_dir, prefix, work / f"{prefix}.log",
-                           session_ttl_s=1e9, log_level="WARNING")
+                           session_ttl_s=1e9, log_level=os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"))
     produce_raw(bootstrap, worker.topic("clicks"), messages)
     report = CrashReport(events=len(messages))
     follower = TopicFollower(bootstrap, worker.topic("predictions"))
@@ -388,8 +388,12 @@ def run_crash_recovery(bootstrap: str, models_dir: Path, work: Path, messages: S
         watcher = StatsWatcher(worker, interval_s=0.2)
         follower.until(lambda r: done(r) or watcher.last.get("events", 0) > 0, timeout_s=120)
         report.final_restart_to_processing_s = time.monotonic() - restarted
-        if not follower.until(done, timeout_s=600):
-            raise TimeoutError(f"only {len(seen)} of {len(expected)} events predicted; log {worker.log_path}")
+        if not follower.until(done, timeout_s=300):
+            missing = sorted(expected - seen)
+            keys = ("events", "lag", "duplicates", "predictions", "dead_letters_by_type", "batch_failures")
+            shown = json.dumps({k: watcher.last.get(k) for k in keys})
+            raise TimeoutError(f"only {len(seen)} of {len(expected)} events predicted (missing e.g. {missing[:5]}); "
+                               f"worker stats {shown}; log {worker.log_path}")
         time.sleep(3)  # a commit interval and the last changelog writes after the last prediction
         assert worker.stop(signal.SIGTERM) == 0
         report.worker_duplicates_seen += int(watcher.stop().get("duplicates", 0))
