@@ -312,6 +312,26 @@ def du_bytes(path: Path) -> int:
 # ------------------------------------------------------------------------------------------------ the run
 
 
+def diagnose(bootstrap: str, prefix: str, event_ids: Sequence[str]) -> str:
+    """Where missing events are: their clicks, any prediction a fresh reader finds, the session's changelog."""
+    from stream_worker.tail import read_topic
+
+    lines = []
+    sessions = {e.rsplit(":", 1)[0] for e in event_ids}
+    for topic in (f"{prefix}-clicks", f"{prefix}-predictions", f"{prefix}-worker-sessions-changelog"):
+        for record in read_topic(bootstrap, topic, idle_timeout_s=3):
+            key = (record.key or b"").decode(errors="replace")
+            if key not in sessions:
+                continue
+            if topic.endswith("changelog"):
+                state = SessionState.decode(record.value) if record.value else None
+                what = f"event_count={state.event_count} last_offset={state.last_offset}" if state else "deleted"
+            else:
+                what = json.loads(record.value or b"{}").get("event_id")
+            lines.append(f"{topic.rsplit('-', 1)[-1]} p{record.partition} o{record.offset}: {what}")
+    return "\n".join(lines)
+
+
 @dataclass
 class CrashReport:
     """Figures of one crash-recovery run."""
@@ -392,8 +412,9 @@ def run_crash_recovery(bootstrap: str, models_dir: Path, work: Path, messages: S
             missing = sorted(expected - seen)
             keys = ("events", "lag", "duplicates", "predictions", "dead_letters_by_type", "batch_failures")
             shown = json.dumps({k: watcher.last.get(k) for k in keys})
+            where = diagnose(bootstrap, prefix, missing[:3])
             raise TimeoutError(f"only {len(seen)} of {len(expected)} events predicted (missing e.g. {missing[:5]}); "
-                               f"worker stats {shown}; log {worker.log_path}")
+                               f"worker stats {shown}; log {worker.log_path}\n{where}")
         time.sleep(3)  # a commit interval and the last changelog writes after the last prediction
         assert worker.stop(signal.SIGTERM) == 0
         report.worker_duplicates_seen += int(watcher.stop().get("duplicates", 0))
