@@ -32,6 +32,7 @@ from offline.artifact import load_artifact  # noqa: E402
 from schemas import ClickEvent  # noqa: E402
 from stream_worker.broker import EmbeddedBroker  # noqa: E402
 from stream_worker.processor import Click, process_batch  # noqa: E402
+from stream_worker.progress import PROGRESS_KEY  # noqa: E402
 from stream_worker.replay import click_messages, produce_raw, time_ordered  # noqa: E402
 from stream_worker.serving import ServingModel  # noqa: E402
 from stream_worker.session_state import SessionState  # noqa: E402
@@ -188,10 +189,10 @@ def last_values(records: Iterable[Any]) -> dict[bytes, bytes | None]:
 
 
 def read_changelog(bootstrap: str, app_id: str, idle_s: float = 3.0) -> dict[bytes, bytes | None]:
-    """The sessions table as its changelog ``<app_id>-sessions-changelog`` says: last value per key."""
+    """The sessions table as its changelog ``<app_id>-sessions-changelog`` says: last value per session."""
     follower = TopicFollower(bootstrap, f"{app_id}-sessions-changelog")
     try:
-        return last_values(follower.drain(idle_s))
+        return {k: v for k, v in last_values(follower.drain(idle_s)).items() if k != PROGRESS_KEY}
     finally:
         follower.close()
 

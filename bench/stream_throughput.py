@@ -26,6 +26,7 @@ from crash_recovery import workload  # noqa: E402
 
 from offline.loaders import load_events  # noqa: E402
 from stream_worker.broker import EmbeddedBroker, free_port  # noqa: E402
+from stream_worker.progress import PROGRESS_KEY  # noqa: E402
 from stream_worker.replay import produce_raw  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"
@@ -154,7 +155,7 @@ def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: li
         producer.close()
         changelog = read_records(broker.bootstrap, f"{prefix}-sessions-changelog", 1, timeout_s=30)
         changelog += read_records(broker.bootstrap, f"{prefix}-sessions-changelog", 10**9, timeout_s=5)
-        last = {r.key: len(r.value) for r in changelog if r.value is not None}
+        last = {r.key: len(r.value) for r in changelog if r.value is not None and r.key != PROGRESS_KEY}
         bytes_per_session = statistics.fmean(last.values()) if last else 0.0
     finally:
         app.stop()

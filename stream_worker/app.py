@@ -6,18 +6,21 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
-from faust.types import EventT
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from faust.types import TP, EventT
 from pydantic import ValidationError
 
 from schemas import ClickEvent, DeadLetter, ModelManifest, OnlineMetrics
 from stream_worker.batch_sender import BatchSender
+from stream_worker.gap_reader import GapReader
 from stream_worker.model_holder import ModelHolder
 from stream_worker.online_metrics import OnlineEvaluator
 from stream_worker.processor import Click, process_batch
+from stream_worker.progress import PartitionPlan, Record, plan_partition
 from stream_worker.session_state import SessionState, StateDecodeError, last_timestamp_of
 from stream_worker.session_store import SessionStore
 from stream_worker.settings import WorkerSettings
@@ -31,9 +34,15 @@ class StreamrecApp(faust.App):
     """faust.App on the patched aiokafka transport (fetch wait, verified end offsets)."""
 
     fetch_max_wait_ms: int = 1500
+    gap_reader: GapReader | None = None
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+    async def on_stop(self) -> None:
+        if self.gap_reader is not None:
+            await self.gap_reader.close()
+        await super().on_stop()
 
 
 def _key(session_id: str) -> bytes:
@@ -107,15 +116,19 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(topic, key, value, None, None, None)
 
-    def dead_letter(event: EventT, error_type: str, reason: str) -> None:
-        message = event.message
+    gap_reader = GapReader(settings.bootstrap_list(),
+                           **credentials_to_aiokafka_auth(settings.faust_credentials(), settings.ssl_context()))
+    app.gap_reader = gap_reader
+    table_lock = asyncio.Lock()  # batches of the agent and the catch-up timer apply clicks one at a time
+
+    def dead_letter(record: Record, error_type: str, reason: str) -> None:
         letter = DeadLetter.from_raw(
-            raw=message.value if isinstance(message.value, bytes) else b"", error=reason, error_type=error_type,
-            topic=message.topic, partition=message.partition, offset=message.offset, received_at=time.time(),
+            raw=record.value if isinstance(record.value, bytes) else b"", error=reason, error_type=error_type,
+            topic=record.topic, partition=record.partition, offset=record.offset, received_at=time.time(),
         )
         stats.dead_letters += 1
         stats.dead_letters_by_type[error_type] = stats.dead_letters_by_type.get(error_type, 0) + 1
-        sender.add(settings.dead_letter_topic, message.key, letter.model_dump_json().encode())
+        sender.add(settings.dead_letter_topic, record.key, letter.model_dump_json().encode())
 
     def load_state(partition: int, key: bytes) -> SessionState | None:
         raw = store.get(partition, key)
@@ -128,20 +141,40 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
             log.warning("session %r: stored state unreadable (%s); starting it afresh", key, error)
             return None
 
-    async def handle(events: Sequence[EventT]) -> None:
+    async def plan_batch(records: Sequence[Record]) -> list[PartitionPlan]:
+        """Per partition: the delivered clicks not applied yet, with the offsets the consumer skipped read from
+        the broker, so they are applied in offset order, each once (see stream_worker/progress.py)."""
+        by_partition: dict[int, list[Record]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        plans = [plan_partition(p, rs, store.get_progress(p)) for p, rs in by_partition.items()]
+        for plan in plans:
+            await fill_gaps(plan)
+        return plans
+
+    async def fill_gaps(plan: PartitionPlan) -> None:
+        plan.truncate(settings.gap_read_max_records)
+        for first, stop in plan.missing():
+            log.warning("%s[%d]: offsets %d..%d were not delivered by the consumer; reading them from the broker",
+                        settings.clicks_topic, plan.partition, first, stop - 1)
+            fetched = await gap_reader.read(settings.clicks_topic, plan.partition, first, stop)
+            plan.fill(fetched)
+            stats.gaps += 1
+            stats.gap_records += len(fetched)
+
+    async def handle(plans: Sequence[PartitionPlan]) -> None:
         received_at = time.time()
         marks = [time.perf_counter()]
         model = holder.model
         clicks: dict[str, list[Click]] = {}
-        for event in events:
-            message = event.message
-            stats.note_offset(message.partition, message.offset)
-            click, error_type, reason = parse_click(message.value, message.key, settings.max_message_bytes)
-            if click is None:
-                dead_letter(event, error_type, reason)
-                continue
-            clicks.setdefault(click.session_id, []).append(Click(click, message.partition, message.offset))
-            stats.note_event_time(message.partition, click.timestamp)
+        for plan in plans:
+            for record in plan.to_apply():
+                click, error_type, reason = parse_click(record.value, record.key, settings.max_message_bytes)
+                if click is None:
+                    dead_letter(record, error_type, reason)
+                    continue
+                clicks.setdefault(click.session_id, []).append(Click(click, record.partition, record.offset))
+                stats.note_event_time(record.partition, click.timestamp)
         marks.append(time.perf_counter())
         partition_of = {session_id: session_clicks[0].partition for session_id, session_clicks in clicks.items()}
         states = {session_id: load_state(partition_of[session_id], _key(session_id)) for session_id in clicks}
@@ -154,17 +187,24 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         marks.append(time.perf_counter())
         for session_id, state in outcome.states.items():
             store.put(partition_of[session_id], _key(session_id), state.encode())
-        for session_id, stored in states.items():
-            if stored is not None and session_id not in outcome.states:
-                # Only redelivered clicks, already applied: the state may have reached RocksDB but not the
-                # changelog before a crash (or a failed attempt of this batch); send it again so a changelog
-                # restore (failover, lost data dir) cannot go back to a state before clicks already committed.
-                store.put(partition_of[session_id], _key(session_id), stored.encode())
+        resend = {(partition_of[s], _key(s)) for s, stored in states.items() if stored and s not in outcome.states}
+        for plan in plans:
+            resend.update((plan.partition, record.key) for record in plan.redelivered if record.key is not None)
+        for partition, key in resend:
+            # Clicks applied before (redelivered, or only duplicates): the state may have reached RocksDB but not
+            # the changelog before a crash (or a failed attempt of this batch); send it again so a changelog
+            # restore (failover, lost data dir) cannot go back to a state before clicks already committed.
+            stored_raw = store.get(partition, key)
+            if stored_raw is not None:
+                store.put(partition, key, stored_raw)
+        for plan in plans:  # after the states: the changelog has them before the progress that covers them
+            if plan.end > plan.start or plan.redelivered:
+                store.put_progress(plan.partition, plan.end)
         if stats.expiry_due(settings.expiry_interval_s):
-            expire_sessions({event.message.partition for event in events})
+            expire_sessions({plan.partition for plan in plans})
         await sender.flush()  # changelog records; Faust's commit waits for them before committing offsets
         marks.append(time.perf_counter())
-        stats.note_batch(len(events), outcome, marks)
+        stats.note_batch(outcome, sum(len(plan.redelivered) for plan in plans), marks)
 
     def expire_sessions(partitions: set[int]) -> None:
         """Drop sessions idle for longer than the TTL in event time (per partition watermark)."""
@@ -185,29 +225,80 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
             if expired:
                 log.info("partition %d: expired %d idle sessions", partition, len(expired))
 
+    def assigned_partitions() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.clicks_topic}
+
     @app.agent(clicks_topic)
     async def process_clicks(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await handle_or_dead_letter(events)
+            await handle_delivered(events)
 
-    async def handle_or_dead_letter(events: Sequence[EventT]) -> None:
+    async def handle_delivered(events: Sequence[EventT]) -> None:
+        assigned = assigned_partitions()
+        records = []
+        for event in events:
+            message = event.message
+            stats.note_offset(message.partition, message.offset)
+            if message.partition in assigned:
+                records.append(Record(message.topic, message.partition, message.offset, message.key, message.value))
+            else:  # delivered after its partition moved to another worker (a stale fetch): that worker applies it
+                stats.foreign += 1
+        async with table_lock:
+            await handle_or_dead_letter(records, lambda: plan_batch(records))
+        stats.events += len(events)
+
+    async def handle_or_dead_letter(records: Sequence[Record], plan: Callable[[], Awaitable[list[PartitionPlan]]]
+                                    ) -> None:
         """A failing batch is retried with backoff (the broker may be back); if it keeps failing, its clicks
         go to the dead-letter topic with the error, so the worker never dies on a batch and loses nothing."""
         error: Exception | None = None
+        plans: list[PartitionPlan] | None = None
         for attempt in range(settings.batch_retries + 1):
             sender.discard()
             try:
-                await handle(events)
+                plans = await plan()
+                await handle(plans)
                 return
             except Exception as failure:  # noqa: BLE001 - one bad batch must not stop the worker
                 error = failure
                 stats.batch_failures += 1
-                log.exception("batch of %d clicks failed (attempt %d)", len(events), attempt + 1)
+                log.exception("batch of %d clicks failed (attempt %d)", len(records), attempt + 1)
                 await asyncio.sleep(min(settings.retry_backoff_s * 2**attempt, 30.0))
         sender.discard()
-        for event in events:
-            dead_letter(event, "processing_failed", f"{type(error).__name__}: {error}")
+        failed = [r for p in plans for r in p.to_apply()] if plans is not None else records
+        for record in failed:
+            dead_letter(record, "processing_failed", f"{type(error).__name__}: {error}")
         await asyncio.gather(*await sender.flush())
+        for p in plans or ():  # dead-lettered clicks count as handled; without a plan, a later batch re-reads them
+            store.put_progress(p.partition, p.end)
+        await sender.flush()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # (mode's stub wants a positional-only sender)
+    async def restart_idle_clocks(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        stats.note_assigned(tp.partition for tp in assigned if tp.topic == settings.clicks_topic)
+
+    @app.timer(settings.catch_up_interval_s)
+    async def catch_up() -> None:
+        """A partition behind its high-water mark with no click delivered for a whole interval (its consumer
+        stopped short) is read from the broker up to that mark, a bounded chunk at a time."""
+        for partition in sorted(assigned_partitions()):
+            while not app.rebalancing and partition in assigned_partitions():
+                highwater = app.consumer.highwater(TP(settings.clicks_topic, partition))
+                async with table_lock:
+                    progress = store.get_progress(partition)
+                    if (highwater is None or progress is None or progress >= highwater
+                            or stats.delivered_within(partition, settings.catch_up_interval_s)):
+                        break
+                    log.warning("%s[%d]: nothing delivered for %.0f s while offsets %d..%d are not applied",
+                                settings.clicks_topic, partition, settings.catch_up_interval_s, progress,
+                                highwater - 1)
+                    stalled = PartitionPlan(partition, progress, end=int(highwater))
+
+                    async def plan(stalled: PartitionPlan = stalled) -> list[PartitionPlan]:
+                        await fill_gaps(stalled)
+                        return [stalled]
+
+                    await handle_or_dead_letter([], plan)
 
     @app.task
     async def check_partitions() -> None:

@@ -3,12 +3,16 @@ batched per partition through the shared producer."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from faust.types import TP
 
 from stream_worker.batch_sender import BatchSender
+from stream_worker.progress import PROGRESS_KEY, decode_progress, encode_progress
+
+log = logging.getLogger(__name__)
 
 
 class SessionStore:
@@ -52,16 +56,33 @@ class SessionStore:
             store._key_index[key] = partition
         self.sender.add(self.changelog_topic, key, value, partition)
 
+    def get_progress(self, partition: int) -> int | None:
+        """The partition's next clicks offset to apply; None before its first batch (or if unreadable)."""
+        raw = self.get(partition, PROGRESS_KEY)
+        if raw is None:
+            return None
+        try:
+            return decode_progress(raw)
+        except ValueError as error:
+            log.warning("partition %d: progress record unreadable (%s); starting from the delivered clicks",
+                        partition, error)
+            return None
+
+    def put_progress(self, partition: int, next_offset: int) -> None:
+        """Written after the batch's session states, so the changelog has them before it."""
+        self.put(partition, PROGRESS_KEY, encode_progress(next_offset))
+
     def _persisted(self, topic: str, partition: int, base_offset: int, count: int) -> None:
         self._store.set_persisted_offset(TP(topic, partition), base_offset + count - 1)
 
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) stored for ``partition`` on this worker."""
+        """Every session (key, value) stored for ``partition`` on this worker."""
         db = self._store._dbs.get(partition)
         if db is None:
             return iter(())
-        return iter(self._store._visible_items(db))
+        return ((key, value) for key, value in self._store._visible_items(db) if key != PROGRESS_KEY)
 
     def size(self) -> int:
-        """Approximate number of sessions held (RocksDB's key estimate over this worker's partitions)."""
+        """Approximate number of sessions held (RocksDB's key estimate over this worker's partitions; it also
+        counts the one progress record per partition)."""
         return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in self._store._dbs.values())

@@ -66,6 +66,12 @@ class WorkerSettings(BaseSettings):
     max_message_bytes: int = Field(default=65536, ge=1)
     model_poll_s: float = Field(default=2.0, gt=0)
     blas_threads: int = Field(default=1, ge=1, description="BLAS threads of the worker's NumPy model")
+    catch_up_interval_s: float = Field(
+        default=10.0, gt=0, description="a partition behind its end with no click delivered for this long is read "
+        "from the broker directly")
+    gap_read_max_records: int = Field(
+        default=20_000, ge=1, description="most clicks one batch reads from the broker to fill what the consumer "
+        "did not deliver; the rest follows with the next batches")
     batch_retries: int = Field(default=5, ge=0, description="retries of a failing batch before dead-lettering it")
     retry_backoff_s: float = Field(default=0.5, gt=0, description="first retry delay; doubles per attempt")
     metrics_interval_s: float = Field(default=10.0, gt=0, description="how often online metrics are published")

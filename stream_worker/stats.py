@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,16 +39,34 @@ class WorkerStats:
     batch_failures: int = 0
     dead_letters: int = 0
     dead_letters_by_type: dict[str, int] = field(default_factory=dict)
+    redelivered: int = 0  # delivered clicks below their partition's progress: applied before, skipped
+    gaps: int = 0  # offset ranges the consumer did not deliver, read from the broker
+    gap_records: int = 0  # records read from the broker to fill them
+    foreign: int = 0  # clicks delivered for a partition not assigned to this worker (dropped)
     predictions_by_path: dict[str, int] = field(default_factory=dict)
     last_batch_seconds: float = 0.0
     busy_seconds: float = 0.0
     seconds_by_stage: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     _next_offset: dict[int, int] = field(default_factory=dict)
+    _delivered_at: dict[int, float] = field(default_factory=dict)  # partition -> monotonic time of a delivery
     _watermark: dict[int, float] = field(default_factory=dict)
     _last_expiry: float = field(default_factory=time.monotonic)
 
     def note_offset(self, partition: int, offset: int) -> None:
         self._next_offset[partition] = max(self._next_offset.get(partition, 0), offset + 1)
+        self._delivered_at[partition] = time.monotonic()
+
+    def note_assigned(self, partitions: Iterable[int]) -> None:
+        """Partitions just assigned count as delivered now: their consumer is not idle before it started."""
+        now = time.monotonic()
+        for partition in partitions:
+            self._delivered_at[partition] = now
+
+    def delivered_within(self, partition: int, seconds: float) -> bool:
+        """Was a click of ``partition`` delivered in the last ``seconds``? The first call for a partition
+        without deliveries starts its clock (a partition just assigned is not idle yet)."""
+        now = time.monotonic()
+        return now - self._delivered_at.setdefault(partition, now) < seconds
 
     def next_offset(self, partition: int) -> int:
         return self._next_offset.get(partition, 0)
@@ -59,12 +78,12 @@ class WorkerStats:
     def watermark(self, partition: int) -> float | None:
         return self._watermark.get(partition)
 
-    def note_batch(self, n_events: int, outcome: BatchOutcome, marks: list[float]) -> None:
+    def note_batch(self, outcome: BatchOutcome, redelivered: int, marks: list[float]) -> None:
         """Count a processed batch; ``marks`` are perf_counter() readings between the STAGES."""
-        self.events += n_events
         self.batches += 1
         self.predictions += len(outcome.predictions)
-        self.duplicates += outcome.duplicates
+        self.redelivered += redelivered
+        self.duplicates += outcome.duplicates + redelivered
         self.recomputed += outcome.recomputed
         for version, rank in outcome.ranks:
             self.online.add(version, rank)
@@ -100,6 +119,10 @@ class WorkerStats:
             "batch_failures": self.batch_failures,
             "dead_letters": self.dead_letters,
             "dead_letters_by_type": dict(self.dead_letters_by_type),
+            "redelivered": self.redelivered,
+            "gaps": self.gaps,
+            "gap_records": self.gap_records,
+            "foreign_partition_clicks": self.foreign,
             "sessions": sessions,
             "lag": {str(p): lag for p, lag in sorted(lags.items())},
             "lag_total": sum(lags.values()),

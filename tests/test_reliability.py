@@ -25,8 +25,9 @@ from offline.artifact import ArtifactError, load_artifact  # noqa: E402
 from schemas import ClickEvent, DeadLetter, ModelManifest, Prediction  # noqa: E402
 from schemas.events import MAX_ID_LENGTH  # noqa: E402
 from stream_worker.model_holder import ModelHolder  # noqa: E402
+from stream_worker.progress import PROGRESS_KEY, decode_progress, encode_progress  # noqa: E402
 from stream_worker.replay import produce_raw  # noqa: E402
-from stream_worker.session_state import SessionState  # noqa: E402
+from stream_worker.session_state import SessionState, item_hash  # noqa: E402
 from stream_worker.settings import WorkerSettings  # noqa: E402
 from stream_worker.tail import read_topic  # noqa: E402
 from tests.streaming import WorkerProcess  # noqa: E402
@@ -181,7 +182,7 @@ def test_sizes_are_bounded_from_outside(broker: Any, small_models: Path, tmp_pat
         assert len(prediction.items) == top_k and len(record.value or b"") < 4096
     changelog = read_topic(broker.bootstrap, f"{worker.env['STREAMREC_APP_ID']}-sessions-changelog",
                            idle_timeout_s=3)
-    states = [SessionState.decode(r.value) for r in changelog if r.value]
+    states = [SessionState.decode(r.value) for r in changelog if r.value and r.key != PROGRESS_KEY]
     assert states and max(len(s.ring) for s in states) == ring_size
     assert states[-1].event_count == len(clicks) and max(len(r.value or b"") for r in changelog) < 1024
 
@@ -190,10 +191,10 @@ def test_state_ahead_of_the_changelog_is_sent_again_on_redelivery(
     broker: Any, small_models: Path, tmp_path: Path
 ) -> None:
     """A SIGKILL between the RocksDB write and the changelog delivery leaves RocksDB ahead of the changelog while
-    the click is not committed. On redelivery the click is a duplicate (no prediction); the worker must send the
-    stored state to the changelog again, or a later restore from the changelog (failover, lost data dir) would
-    silently drop a click whose offset is committed by then. The crash is simulated by writing the advanced
-    state into the stopped worker's RocksDB directly."""
+    the click is not committed. On redelivery the click is below the partition's progress (no prediction); the
+    worker must send the stored state and progress to the changelog again, or a later restore from the changelog
+    (failover, lost data dir) would silently drop a click whose offset is committed by then. The crash is
+    simulated by writing the advanced state and progress into the stopped worker's RocksDB directly."""
     import rocksdict
 
     from stream_worker.processor import Click, process_batch
@@ -225,7 +226,9 @@ def test_state_ahead_of_the_changelog_is_sent_again_on_redelivery(
         event = ClickEvent.model_validate_json(click(5)[1])
         model = ServingModel(load_artifact(small_models / "current"))
         ahead = process_batch(model, {"s0": [Click(event, partition, offset)]}, {"s0": stored}, 20, 50, 0.0)
-        db[b"s0"] = ahead.states["s0"].encode()  # in RocksDB, never delivered to the changelog
+        assert decode_progress(bytes(db[PROGRESS_KEY] or b"")) == offset
+        db[b"s0"] = ahead.states["s0"].encode()  # in RocksDB, never delivered to the changelog,
+        db[PROGRESS_KEY] = encode_progress(offset + 1)  # and so is the progress that covers it
     finally:
         db.close()
     produce_raw(broker.bootstrap, worker.topic("clicks"), [click(5)])  # ... and the click is redelivered
@@ -234,11 +237,90 @@ def test_state_ahead_of_the_changelog_is_sent_again_on_redelivery(
     stats = worker.wait_until(lambda s: s["events"] >= 1, what="redelivered click")
     time.sleep(2)
     assert worker.stop() == 0
-    assert stats["duplicates"] == 1 and stats["predictions"] == 0
+    assert stats["redelivered"] == stats["duplicates"] == 1 and stats["predictions"] == 0
     changelog = read_topic(broker.bootstrap, f"{worker.env['STREAMREC_APP_ID']}-sessions-changelog",
                            idle_timeout_s=3)
     last = [r.value for r in changelog if r.key == b"s0"][-1]
     assert last is not None and SessionState.decode(last).event_count == 6  # not 5: the changelog caught up
+    last_progress = [r.value for r in changelog if r.key == PROGRESS_KEY and r.partition == partition][-1]
+    assert last_progress is not None and decode_progress(last_progress) == offset + 1
+
+
+def _commit_group_offset(bootstrap: str, group: str, topic: str, offset: int) -> None:
+    """Move a stopped worker's committed offset, as an operator's reset or a consumer that skipped clicks would."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+    from kafka.structs import OffsetAndMetadata
+
+    class AsFaust(RangePartitionAssignor):  # the group's protocol name stays the worker's
+        name = "faust"
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                             session_timeout_ms=6000, heartbeat_interval_ms=1000,
+                             partition_assignment_strategy=[AsFaust])
+    try:  # tansu only takes commits from a member: join the group first
+        deadline = time.monotonic() + 60
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200, max_records=1)
+        tp = TopicPartition(topic, 0)
+        consumer.commit({tp: OffsetAndMetadata(offset, "", -1)})
+        assert consumer.committed(tp) == offset
+    finally:
+        consumer.close()
+
+
+def test_clicks_the_consumer_skips_are_read_from_the_broker(
+    broker: Any, small_models: Path, tmp_path: Path
+) -> None:
+    """The group's committed offset is moved past clicks never processed: (1) in the middle, so the consumer
+    delivers later clicks first: the worker reads the skipped ones from the broker and applies everything in
+    offset order; (2) to the end, so nothing is delivered: the catch-up timer reads them. Every click is
+    predicted exactly once and every session state holds its clicks in order."""
+    from stream_worker.broker import create_topics
+
+    worker = WorkerProcess(broker.bootstrap, small_models, tmp_path / "rocksdb", f"skip-{time.monotonic_ns()}",
+                           tmp_path / "worker.log", partitions=1, catch_up_interval_s=1.0)
+    create_topics(broker.bootstrap, {worker.topic("clicks"): 1})
+    items: dict[str, list[str]] = {f"s{n}": [] for n in range(5)}  # session -> its items in offset order
+
+    def clicks(first: int, stop: int) -> list[tuple[bytes, bytes]]:
+        out = []
+        for n in range(first, stop):
+            session, item = f"s{n % 5}", f"i{(n * 7) % 40}"
+            items[session].append(item)
+            out.append((session.encode(), json.dumps({"session_id": session, "item_id": item, "event_id": f"e{n}",
+                                                      "timestamp": 1000.0 + n}).encode()))
+        return out
+
+    def restart_after_moving_the_offset(first: int, stop: int, committed: int) -> dict[str, Any]:
+        produce_raw(broker.bootstrap, worker.topic("clicks"), clicks(first, stop))
+        _commit_group_offset(broker.bootstrap, worker.env["STREAMREC_APP_ID"], worker.topic("clicks"), committed)
+        worker.start()
+        stats = worker.wait_until(lambda s: s["predictions"] >= stop - first, what="skipped clicks predicted")
+        time.sleep(1.5)
+        assert worker.stop() == 0
+        return stats
+
+    worker.start()
+    produce_raw(broker.bootstrap, worker.topic("clicks"), clicks(0, 10))
+    worker.wait_until(lambda s: s["predictions"] >= 10, what="first clicks")
+    time.sleep(1.5)  # committed
+    assert worker.stop() == 0
+    middle = restart_after_moving_the_offset(10, 30, committed=20)  # 10..19 never delivered
+    assert middle["gaps"] == 1 and middle["gap_records"] == 10 and middle["predictions"] == 20
+    tail = restart_after_moving_the_offset(30, 40, committed=40)  # nothing delivered at all
+    assert tail["gap_records"] == 10 and tail["predictions"] == 10 and tail["events"] == 0
+
+    predictions = read_topic(broker.bootstrap, worker.topic("predictions"), expected=40, idle_timeout_s=3)
+    predicted = sorted(Prediction.model_validate_json(r.value or b"").event_id or "" for r in predictions)
+    assert predicted == sorted(f"e{n}" for n in range(40))  # each once
+    changelog = read_topic(broker.bootstrap, f"{worker.env['STREAMREC_APP_ID']}-sessions-changelog",
+                           idle_timeout_s=3)
+    table = {r.key: r.value for r in changelog}
+    assert decode_progress(table.pop(PROGRESS_KEY) or b"") == 40
+    for session, session_items in items.items():
+        state = SessionState.decode(table[session.encode()] or b"")
+        assert state.ring == [item_hash(item) for item in session_items]  # all 8 clicks, in offset order
 
 
 def test_pickled_weights_are_refused(small_models: Path, tmp_path: Path) -> None:
