@@ -147,10 +147,20 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         by_partition: dict[int, list[Record]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
-        plans = [plan_partition(p, rs, store.get_progress(p)) for p, rs in by_partition.items()]
+        plans = [plan_partition(p, rs, progress_of(p)) for p, rs in by_partition.items()]
         for plan in plans:
             await fill_gaps(plan)
         return plans
+
+    def progress_of(partition: int) -> int | None:
+        progress = store.get_progress(partition)
+        highwater = app.consumer.highwater(TP(settings.clicks_topic, partition))
+        if progress is not None and highwater is not None and progress > highwater:
+            log.error("%s[%d]: the table's progress %d is past the end of the partition (%d): the topic was "
+                      "recreated? Starting again from the delivered clicks", settings.clicks_topic, partition,
+                      progress, highwater)
+            return None
+        return progress
 
     async def fill_gaps(plan: PartitionPlan) -> None:
         plan.truncate(settings.gap_read_max_records)
@@ -187,13 +197,14 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         marks.append(time.perf_counter())
         for session_id, state in outcome.states.items():
             store.put(partition_of[session_id], _key(session_id), state.encode())
-        resend = {(partition_of[s], _key(s)) for s, stored in states.items() if stored and s not in outcome.states}
+        # Sessions with clicks applied before (redelivered, or only duplicates): their state may have reached
+        # RocksDB but not the changelog before a crash (or a failed attempt of this batch); send it again so a
+        # changelog restore (failover, lost data dir) cannot go back to a state before clicks already committed.
+        resend = {(partition_of[s], _key(s)) for s, stored in states.items() if stored is not None}
         for plan in plans:
             resend.update((plan.partition, record.key) for record in plan.redelivered if record.key is not None)
+        resend -= {(partition_of[s], _key(s)) for s in outcome.states}  # just written
         for partition, key in resend:
-            # Clicks applied before (redelivered, or only duplicates): the state may have reached RocksDB but not
-            # the changelog before a crash (or a failed attempt of this batch); send it again so a changelog
-            # restore (failover, lost data dir) cannot go back to a state before clicks already committed.
             stored_raw = store.get(partition, key)
             if stored_raw is not None:
                 store.put(partition, key, stored_raw)

@@ -152,6 +152,10 @@ def prometheus_text(snapshot: dict[str, Any]) -> str:
     metric("dead_letters_total", "counter", "Messages sent to the dead-letter topic, by error type.",
            [(f'{{type="{t}"}}', n) for t, n in snapshot["dead_letters_by_type"].items()])
     metric("duplicates_total", "counter", "Clicks already applied (not applied again).", [("", snapshot["duplicates"])])
+    metric("redelivered_total", "counter", "Delivered clicks below their partition's progress (skipped).",
+           [("", snapshot["redelivered"])])
+    metric("gap_records_total", "counter", "Clicks the consumer did not deliver, read from the broker.",
+           [("", snapshot["gap_records"])])
     metric("expired_sessions_total", "counter", "Sessions dropped by the idle TTL.",
            [("", snapshot["expired_sessions"])])
     metric("model_swaps_total", "counter", "Model versions swapped in.", [("", snapshot["model_swaps"])])
