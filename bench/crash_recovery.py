@@ -333,6 +333,9 @@ def diagnose(bootstrap: str, prefix: str, event_ids: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+DELIVERY_COUNTERS = ("redelivered", "gaps", "gap_records", "foreign_partition_clicks")
+
+
 @dataclass
 class CrashReport:
     """Figures of one crash-recovery run."""
@@ -344,7 +347,14 @@ class CrashReport:
     states: dict[str, Any] = field(default_factory=dict)
     duplicates: dict[str, Any] = field(default_factory=dict)
     worker_duplicates_seen: int = 0
+    # summed over incarnations: what the worker's progress check caught in the consumer's delivery
+    delivery: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DELIVERY_COUNTERS, 0))
     final_restart_to_processing_s: float = 0.0
+
+    def add_worker_counters(self, last_stats: dict[str, Any]) -> None:
+        self.worker_duplicates_seen += int(last_stats.get("duplicates", 0))
+        for name in DELIVERY_COUNTERS:
+            self.delivery[name] += int(last_stats.get(name, 0))
 
 
 def run_crash_recovery(bootstrap: str, models_dir: Path, work: Path, messages: Sequence[Message], n_kills: int = 6,
@@ -390,7 +400,7 @@ def run_crash_recovery(bootstrap: str, models_dir: Path, work: Path, messages: S
             worker.stop(signal.SIGKILL)
             last = watcher.stop()
             kill_times.append(killed_at)
-            report.worker_duplicates_seen += int(last.get("duplicates", 0))
+            report.add_worker_counters(last)
             wipe = n % 2 == 1
             if wipe:
                 shutil.rmtree(data_dir, ignore_errors=True)
@@ -418,7 +428,7 @@ def run_crash_recovery(bootstrap: str, models_dir: Path, work: Path, messages: S
                                f"worker stats {shown}; log {worker.log_path}\n{where}")
         time.sleep(3)  # a commit interval and the last changelog writes after the last prediction
         assert worker.stop(signal.SIGTERM) == 0
-        report.worker_duplicates_seen += int(watcher.stop().get("duplicates", 0))
+        report.add_worker_counters(watcher.stop())
         report.seconds = time.monotonic() - started
         records = follower.drain(idle_s=2.0)
     finally:

@@ -197,19 +197,14 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
         marks.append(time.perf_counter())
         for session_id, state in outcome.states.items():
             store.put(partition_of[session_id], _key(session_id), state.encode())
-        # Sessions with clicks applied before (redelivered, or only duplicates): their state may have reached
-        # RocksDB but not the changelog before a crash (or a failed attempt of this batch); send it again so a
-        # changelog restore (failover, lost data dir) cannot go back to a state before clicks already committed.
-        resend = {(partition_of[s], _key(s)) for s, stored in states.items() if stored is not None}
-        for plan in plans:
-            resend.update((plan.partition, record.key) for record in plan.redelivered if record.key is not None)
-        resend -= {(partition_of[s], _key(s)) for s in outcome.states}  # just written
-        for partition, key in resend:
-            stored_raw = store.get(partition, key)
-            if stored_raw is not None:
-                store.put(partition, key, stored_raw)
+        for session_id, stored in states.items():
+            if stored is not None and session_id not in outcome.states:
+                # Its clicks were all applied already: by an incarnation that wrote the state to RocksDB and
+                # crashed before the changelog had it (or by a failed attempt of this batch). Send it again, so
+                # the progress below never covers a state the changelog lacks.
+                store.put(partition_of[session_id], _key(session_id), stored.encode())
         for plan in plans:  # after the states: the changelog has them before the progress that covers them
-            if plan.end > plan.start or plan.redelivered:
+            if plan.end > plan.start:
                 store.put_progress(plan.partition, plan.end)
         if stats.expiry_due(settings.expiry_interval_s):
             expire_sessions({plan.partition for plan in plans})
@@ -284,7 +279,11 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
             store.put_progress(p.partition, p.end)
         await sender.flush()
 
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # (mode's stub wants a positional-only sender)
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # (mode's stub wants a positional-only sender)
+    async def reread_progress(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        store.forget_applied()  # Faust flushed the producer: RocksDB has every delivered progress
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def restart_idle_clocks(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         stats.note_assigned(tp.partition for tp in assigned if tp.topic == settings.clicks_topic)
 

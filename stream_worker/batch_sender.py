@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 Delivered = Callable[[str, int, int, int], None]  # topic, partition, base offset, record count
+Pending = tuple[bytes | None, bytes | None, Callable[[], None] | None]  # key, value, call once delivered
 
 
 class BatchSender:
@@ -19,7 +20,7 @@ class BatchSender:
     def __init__(self, producer: Callable[[], Any]) -> None:
         self._get_producer = producer  # returns the started aiokafka.AIOKafkaProducer
         self._producer: Any = None
-        self._pending: dict[tuple[str, int | None], list[tuple[bytes | None, bytes | None]]] = {}
+        self._pending: dict[tuple[str, int | None], list[Pending]] = {}
         self._callbacks: dict[str, Delivered] = {}
 
     def on_delivered(self, topic: str, callback: Delivered) -> None:
@@ -30,30 +31,32 @@ class BatchSender:
         """Forget records added but not flushed (a failed batch is rebuilt from scratch)."""
         self._pending = {}
 
-    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        self._pending.setdefault((topic, partition), []).append((key, value))
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+            on_delivered: Callable[[], None] | None = None) -> None:
+        """Queue a record; ``on_delivered`` runs once the broker has acknowledged it (not on failure)."""
+        self._pending.setdefault((topic, partition), []).append((key, value, on_delivered))
 
     async def flush(self) -> list[asyncio.Future[Any]]:
         """Submit everything added so far; returns the delivery futures (one per record batch)."""
         pending, self._pending = self._pending, {}
         if self._producer is None:
             self._producer = self._get_producer()
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        by_partition: dict[tuple[str, int], list[Pending]] = {}
         for (topic, partition), records in pending.items():
             if partition is not None:
                 by_partition.setdefault((topic, partition), []).extend(records)
                 continue
             all_partitions = sorted(await self._producer.partitions_for(topic))
-            for key, value in records:
-                chosen = self._producer._partitioner(key, all_partitions, all_partitions)
-                by_partition.setdefault((topic, chosen), []).append((key, value))
+            for record in records:
+                chosen = self._producer._partitioner(record[0], all_partitions, all_partitions)
+                by_partition.setdefault((topic, chosen), []).append(record)
         deliveries = []
         for (topic, partition), records in by_partition.items():
             start = 0
             while start < len(records):
                 batch = self._producer.create_batch()
                 count = 0
-                for key, value in records[start:]:
+                for key, value, _ in records[start:]:
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         break
                     count += 1
@@ -61,16 +64,21 @@ class BatchSender:
                     raise ValueError(f"record of {len(records[start][1] or b'')} bytes does not fit a batch")
                 future = await self._producer.send_batch(batch, topic, partition=partition)
                 callback = self._callbacks.get(topic)
-                if callback is not None:
-                    future.add_done_callback(_call_after(callback, topic, partition, count))
+                record_callbacks = [done for _, _, done in records[start:start + count] if done is not None]
+                if callback is not None or record_callbacks:
+                    future.add_done_callback(_call_after(callback, record_callbacks, topic, partition, count))
                 deliveries.append(future)
                 start += count
         return deliveries
 
 
-def _call_after(callback: Delivered, topic: str, partition: int, count: int) -> Callable[[asyncio.Future[Any]], None]:
+def _call_after(callback: Delivered | None, record_callbacks: list[Callable[[], None]], topic: str, partition: int,
+                count: int) -> Callable[[asyncio.Future[Any]], None]:
     def done(future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is None:
-            callback(topic, partition, future.result().offset, count)
+            if callback is not None:
+                callback(topic, partition, future.result().offset, count)
+            for record_callback in record_callbacks:
+                record_callback()
 
     return done

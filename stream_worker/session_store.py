@@ -30,6 +30,7 @@ class SessionStore:
     def __init__(self, table: Any, sender: BatchSender) -> None:
         self.table = table
         self.sender = sender
+        self._applied: dict[int, int] = {}  # progress written by this worker, maybe not in the changelog yet
         sender.on_delivered(self.changelog_topic, self._persisted)
 
     @property
@@ -58,6 +59,8 @@ class SessionStore:
 
     def get_progress(self, partition: int) -> int | None:
         """The partition's next clicks offset to apply; None before its first batch (or if unreadable)."""
+        if partition in self._applied:
+            return self._applied[partition]
         raw = self.get(partition, PROGRESS_KEY)
         if raw is None:
             return None
@@ -69,8 +72,22 @@ class SessionStore:
             return None
 
     def put_progress(self, partition: int, next_offset: int) -> None:
-        """Written after the batch's session states, so the changelog has them before it."""
-        self.put(partition, PROGRESS_KEY, encode_progress(next_offset))
+        """Queue the progress for the changelog after the batch's session states; RocksDB gets it only once the
+        changelog has it, so a local progress never covers a state the changelog lacks (a restart after a crash
+        then re-reads those clicks and sends their states again: see ``stream_worker/app.py``)."""
+        self._applied[partition] = next_offset
+        raw = encode_progress(next_offset)
+        self.sender.add(self.changelog_topic, PROGRESS_KEY, raw, partition,
+                        on_delivered=lambda: self._write_local(partition, PROGRESS_KEY, raw))
+
+    def forget_applied(self) -> None:
+        """After a rebalance, read progress from RocksDB again (recovery may have changed it)."""
+        self._applied.clear()
+
+    def _write_local(self, partition: int, key: bytes, value: bytes) -> None:
+        db = self._store._dbs.get(partition)
+        if db is not None:  # (the partition may have been revoked meanwhile; its new owner has the changelog)
+            db.put(key, value)
 
     def _persisted(self, topic: str, partition: int, base_offset: int, count: int) -> None:
         self._store.set_persisted_offset(TP(topic, partition), base_offset + count - 1)
