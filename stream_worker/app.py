@@ -295,7 +295,7 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
             while not app.rebalancing and partition in assigned_partitions():
                 highwater = app.consumer.highwater(TP(settings.clicks_topic, partition))
                 async with table_lock:
-                    progress = store.get_progress(partition)
+                    progress = progress_of(partition)
                     if (highwater is None or progress is None or progress >= highwater
                             or stats.delivered_within(partition, settings.catch_up_interval_s)):
                         break
