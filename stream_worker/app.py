@@ -309,6 +309,8 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
                         return [stalled]
 
                     await handle_or_dead_letter([], plan)
+                    if (store.get_progress(partition) or 0) <= progress:
+                        break  # failed (e.g. the broker is gone): the next tick tries again
 
     @app.task
     async def check_partitions() -> None:

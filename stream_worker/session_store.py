@@ -78,16 +78,16 @@ class SessionStore:
         self._applied[partition] = next_offset
         raw = encode_progress(next_offset)
         self.sender.add(self.changelog_topic, PROGRESS_KEY, raw, partition,
-                        on_delivered=lambda: self._write_local(partition, PROGRESS_KEY, raw))
+                        on_delivered=lambda: self._write_local_progress(partition, raw))
 
     def forget_applied(self) -> None:
         """After a rebalance, read progress from RocksDB again (recovery may have changed it)."""
         self._applied.clear()
 
-    def _write_local(self, partition: int, key: bytes, value: bytes) -> None:
+    def _write_local_progress(self, partition: int, raw: bytes) -> None:
         db = self._store._dbs.get(partition)
         if db is not None:  # (the partition may have been revoked meanwhile; its new owner has the changelog)
-            db.put(key, value)
+            db.put(PROGRESS_KEY, raw)
 
     def _persisted(self, topic: str, partition: int, base_offset: int, count: int) -> None:
         self._store.set_persisted_offset(TP(topic, partition), base_offset + count - 1)
