@@ -20,11 +20,12 @@ from stream_worker.gap_reader import GapReader
 from stream_worker.model_holder import ModelHolder
 from stream_worker.online_metrics import OnlineEvaluator
 from stream_worker.processor import Click, process_batch
-from stream_worker.progress import PartitionPlan, Record, plan_partition
+from stream_worker.progress import PartitionPlan, plan_partition
 from stream_worker.session_state import SessionState, StateDecodeError, last_timestamp_of
 from stream_worker.session_store import SessionStore
 from stream_worker.settings import WorkerSettings
 from stream_worker.stats import WorkerStats, prometheus_text
+from stream_worker.tail import Record
 from stream_worker.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
     def dead_letter(record: Record, error_type: str, reason: str) -> None:
         letter = DeadLetter.from_raw(
             raw=record.value if isinstance(record.value, bytes) else b"", error=reason, error_type=error_type,
-            topic=record.topic, partition=record.partition, offset=record.offset, received_at=time.time(),
+            topic=settings.clicks_topic, partition=record.partition, offset=record.offset, received_at=time.time(),
         )
         stats.dead_letters += 1
         stats.dead_letters_by_type[error_type] = stats.dead_letters_by_type.get(error_type, 0) + 1
@@ -246,7 +247,7 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> faust.App:
             message = event.message
             stats.note_offset(message.partition, message.offset)
             if message.partition in assigned:
-                records.append(Record(message.topic, message.partition, message.offset, message.key, message.value))
+                records.append(Record(message.key, message.value, message.partition, message.offset))
             else:  # delivered after its partition moved to another worker (a stale fetch): that worker applies it
                 stats.foreign += 1
         async with table_lock:

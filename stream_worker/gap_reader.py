@@ -9,7 +9,7 @@ from typing import Any
 import aiokafka
 from aiokafka.structs import TopicPartition
 
-from stream_worker.progress import Record
+from stream_worker.tail import Record
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class GapReader:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}[{partition}]: could not read offsets {position}..{stop - 1}")
             fetched = (await consumer.getmany(tp, timeout_ms=200, max_records=stop - position)).get(tp, [])
-            records.extend(Record(topic, partition, message.offset, message.key, message.value)
+            records.extend(Record(message.key, message.value, partition, message.offset)
                            for message in fetched if message.offset < stop)
             position = await consumer.position(tp)
             highwater = consumer.highwater(tp)

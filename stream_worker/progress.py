@@ -11,6 +11,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (the reader's record type; this module does no I/O)
+    from stream_worker.tail import Record
 
 PROGRESS_KEY = b"\xff\x00streamrec:progress"  # not UTF-8, so no session id (the other keys) can be equal to it
 _PROGRESS = struct.Struct("<q")
@@ -28,17 +32,6 @@ def decode_progress(raw: bytes) -> int:
     if next_offset < 0:
         raise ValueError(f"negative progress offset {next_offset}")
     return int(next_offset)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One message of the clicks topic, as delivered by the consumer or read from the broker."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass

@@ -10,15 +10,15 @@ from hypothesis import strategies as st
 from stream_worker.progress import (
     PROGRESS_KEY,
     PartitionPlan,
-    Record,
     decode_progress,
     encode_progress,
     plan_partition,
 )
+from stream_worker.tail import Record
 
 
 def record(offset: int) -> Record:
-    return Record("clicks", 0, offset, b"k", b"v%d" % offset)
+    return Record(b"k", b"v%d" % offset, 0, offset)
 
 
 def test_progress_round_trip_and_refusals() -> None:
