@@ -28,10 +28,10 @@ from crash_recovery import (  # noqa: E402
     TopicFollower,
     compare_predictions,
     compare_states,
+    given_or_trained,
     load_model,
     read_changelog,
     reference_run,
-    train_model,
     workload,
 )
 
@@ -262,10 +262,7 @@ def main() -> None:
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models_dir = args.models_dir
-        if models_dir is None:
-            models_dir = work / "models"
-            train_model(models_dir)
+        models_dir = given_or_trained(args.models_dir, work)
         for storage in args.storage:
             moto: MotoServer | None = None
             if storage == "s3":

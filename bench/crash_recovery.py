@@ -101,6 +101,14 @@ def reference_run(model: ServingModel, messages: Sequence[Message], k: int = 20,
     return Reference(predictions, outcome.states)
 
 
+def given_or_trained(models_dir: Path | None, work: Path) -> Path:
+    """``--models-dir`` when given, else a model trained on train_tr under ``work``."""
+    if models_dir is None:
+        models_dir = work / "models"
+        train_model(models_dir)
+    return models_dir
+
+
 def load_model(models_dir: Path) -> ServingModel:
     return ServingModel(load_artifact(models_dir / "current"))
 
@@ -453,10 +461,7 @@ def main() -> None:
     messages = workload(args.events)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker:
         work = Path(tmp)
-        models_dir = args.models_dir
-        if models_dir is None:
-            models_dir = work / "models"
-            train_model(models_dir)
+        models_dir = given_or_trained(args.models_dir, work)
         report = run_crash_recovery(broker.bootstrap, models_dir, work, messages, args.kills, args.seed)
     result = {k: v for k, v in report.__dict__.items()}
     print(json.dumps(result, indent=2, default=str))

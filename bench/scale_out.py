@@ -28,10 +28,10 @@ from crash_recovery import (  # noqa: E402
     compare_predictions,
     compare_states,
     du_bytes,
+    given_or_trained,
     load_model,
     read_changelog,
     reference_run,
-    train_model,
     workload,
 )
 
@@ -275,10 +275,7 @@ def main() -> None:
     ok = True
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker:
         work = Path(tmp)
-        models_dir = args.models_dir
-        if models_dir is None:
-            models_dir = work / "models"
-            train_model(models_dir)
+        models_dir = given_or_trained(args.models_dir, work)
         for standby in args.standby:
             report = run_scale_out(broker.bootstrap, models_dir, work, messages, args.rate, standby,
                                    phase_s=args.phase_s)
