@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from offline.artifact import load_artifact
+from modelkit.artifact import load_artifact
 from offline.hyperparams import XE_REFERENCE, GRU4RecParams
 from offline.pipeline import evaluate_artifact, evaluate_baselines, train_version
 

@@ -20,9 +20,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modelkit.item_index import ItemIndex  # noqa: E402
 from offline.baselines import SR_WEIGHTINGS, PopularityScorer, SequentialRulesScorer, VSKNNScorer  # noqa: E402
 from offline.evaluate import SessionScorer, evaluate  # noqa: E402
-from offline.session_arrays import ItemIndex, SessionArrays  # noqa: E402
+from offline.session_arrays import SessionArrays  # noqa: E402
 
 DATA = Path("/work/shared/data/rsc15-100k")
 TRAIN = DATA / "yoochoose-clicks-100k_train_tr.txt"

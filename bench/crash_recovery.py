@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from offline.artifact import load_artifact  # noqa: E402
+from modelkit.artifact import load_artifact  # noqa: E402
 from schemas import ClickEvent  # noqa: E402
 from stream_worker.broker import EmbeddedBroker  # noqa: E402
 from stream_worker.processor import Click, process_batch  # noqa: E402

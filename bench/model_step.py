@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.artifact import load_artifact, write_artifact
-from offline.model_numpy import initial_weights
-from offline.session_arrays import ItemIndex
+from modelkit.artifact import load_artifact, write_artifact
+from modelkit.gru4rec import initial_weights
+from modelkit.item_index import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow
 from stream_worker.serving import ServingModel

@@ -35,7 +35,7 @@ from crash_recovery import (  # noqa: E402
     workload,
 )
 
-from offline.artifact import set_current  # noqa: E402
+from modelkit.artifact import set_current  # noqa: E402
 from stream_worker.broker import EmbeddedBroker, create_topics  # noqa: E402
 from tests.streaming import WorkerProcess  # noqa: E402
 

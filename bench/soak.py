@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from crash_recovery import ROOT, Message, du_bytes, rss_kib  # noqa: E402
 
-from offline.artifact import write_artifact  # noqa: E402
-from offline.model_numpy import initial_weights  # noqa: E402
-from offline.session_arrays import ItemIndex  # noqa: E402
+from modelkit.artifact import write_artifact  # noqa: E402
+from modelkit.gru4rec import initial_weights  # noqa: E402
+from modelkit.item_index import ItemIndex  # noqa: E402
 from schemas import ModelManifest  # noqa: E402
 from schemas.manifest import TrainingWindow  # noqa: E402
 from stream_worker.broker import EmbeddedBroker, create_topics  # noqa: E402

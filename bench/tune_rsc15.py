@@ -13,12 +13,12 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modelkit.gru4rec import GRU4RecNumpy  # noqa: E402
+from modelkit.item_index import ItemIndex  # noqa: E402
 from offline.evaluate import evaluate  # noqa: E402
 from offline.hyperparams import BPRMAX_REFERENCE  # noqa: E402
 from offline.loaders import load_events  # noqa: E402
-from offline.model_numpy import GRU4RecNumpy  # noqa: E402
 from offline.pipeline import restrict_to_catalogue, to_sessions  # noqa: E402
-from offline.session_arrays import ItemIndex  # noqa: E402
 from offline.train import GRU4RecTrainer, item_counts  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"

@@ -17,7 +17,7 @@ from typing import IO, Literal, cast
 import numpy as np
 import pandas as pd
 
-from offline.package_files import installed, package_file
+from modelkit.package_files import installed, package_file
 from offline.sessionize import sessionize
 from schemas.events import MAX_TIMESTAMP
 

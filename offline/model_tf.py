@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from offline.model_numpy import WEIGHT_BIAS, WEIGHT_EMBEDDING, layer_weight_names
+from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, layer_weight_names
 
 
 def gru_step(

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from offline.artifact import ModelArtifact, new_version_name, write_artifact
+from modelkit.artifact import ModelArtifact, new_version_name, write_artifact
+from modelkit.gru4rec import GRU4RecNumpy
+from modelkit.item_index import ItemIndex
 from offline.baselines import PopularityScorer, SequentialRulesScorer, VSKNNScorer
 from offline.evaluate import evaluate
 from offline.hyperparams import GRU4RecParams
-from offline.model_numpy import GRU4RecNumpy
-from offline.session_arrays import ItemIndex, SessionArrays
+from offline.session_arrays import SessionArrays
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow
 

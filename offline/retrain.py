@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from offline.artifact import (
+from modelkit.artifact import (
     MANIFEST_FILE,
     ModelArtifact,
     current_version,
@@ -30,12 +30,12 @@ from offline.artifact import (
     set_current,
     write_artifact,
 )
+from modelkit.gru4rec import GRU4RecNumpy
+from modelkit.item_index import ItemIndex
 from offline.cleaning import SECONDS_PER_DAY, clean, drop_short_sessions, restrict_to_items
 from offline.evaluate import evaluate
 from offline.hyperparams import GRU4RecParams
-from offline.model_numpy import GRU4RecNumpy
 from offline.pipeline import data_digest, to_sessions
-from offline.session_arrays import ItemIndex
 from offline.warm_start import catalogue_change, warm_start_index, warm_start_weights
 from schemas import ModelManifest
 from schemas.manifest import GateValue, TrainingWindow

@@ -11,10 +11,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from modelkit.gru4rec import initial_weights
 from offline.batching import MiniBatch, session_parallel_batches
 from offline.hyperparams import GRU4RecParams
 from offline.losses import bpr_max, cross_entropy_logq
-from offline.model_numpy import initial_weights
 from offline.model_tf import GRU4RecTF, reset_hidden
 from offline.sampling import SampleCache
 from offline.session_arrays import SessionArrays

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.artifact import ModelArtifact
+from modelkit.artifact import ModelArtifact
+from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, initial_weights, layer_weight_names
+from modelkit.item_index import ItemIndex
 from offline.hyperparams import GRU4RecParams
-from offline.model_numpy import WEIGHT_BIAS, WEIGHT_EMBEDDING, initial_weights, layer_weight_names
-from offline.session_arrays import ItemIndex
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from offline.package_files import installed, package_file
+from modelkit.package_files import installed, package_file
 from stream_worker.settings import client_config
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import logging
 import re
 from pathlib import Path
 
-from offline.artifact import ArtifactError, current_version, load_artifact
+from modelkit.artifact import ArtifactError, current_version, load_artifact
 from stream_worker.serving import ServingModel
 
 log = logging.getLogger(__name__)

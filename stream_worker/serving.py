@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.artifact import ModelArtifact
-from offline.model_numpy import GRU4RecNumpy
+from modelkit.artifact import ModelArtifact
+from modelkit.gru4rec import GRU4RecNumpy
 from stream_worker.session_state import item_hash, item_hash32
 
 

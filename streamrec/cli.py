@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from offline.artifact import load_artifact
+    from modelkit.artifact import load_artifact
     from offline.pipeline import evaluate_artifact
 
     artifact = load_artifact(Path(args.model))

@@ -36,7 +36,7 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path, timeout:
 
 def run_demo(params: GRU4RecParams, rate: float | None, progress: bool) -> None:
     """Run the whole product on the bundled YOOCHOOSE sample and print what it did."""
-    from offline.artifact import current_version, load_artifact
+    from modelkit.artifact import current_version, load_artifact
     from offline.loaders import load_events
     from offline.pipeline import evaluate_artifact, evaluate_baselines, train_version
     from offline.prepare import prepare

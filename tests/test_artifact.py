@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.artifact import (
+from modelkit.artifact import (
     ArtifactError,
     current_version,
     list_versions,
@@ -17,8 +17,8 @@ from offline.artifact import (
     set_current,
     write_artifact,
 )
-from offline.model_numpy import initial_weights
-from offline.session_arrays import ItemIndex
+from modelkit.gru4rec import initial_weights
+from modelkit.item_index import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow
 

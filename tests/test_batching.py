@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from modelkit.item_index import ItemIndex
 from offline.batching import session_parallel_batches
 from offline.model_tf import reset_hidden
 from offline.sampling import SampleCache
-from offline.session_arrays import ItemIndex, SessionArrays
+from offline.session_arrays import SessionArrays
 
 
 def _sessions(lengths: list[int]) -> tuple[SessionArrays, ItemIndex]:

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from offline.artifact import ArtifactError, load_artifact, write_artifact
-from offline.model_numpy import initial_weights
-from offline.session_arrays import ItemIndex
+from modelkit.artifact import ArtifactError, load_artifact, write_artifact
+from modelkit.gru4rec import initial_weights
+from modelkit.item_index import ItemIndex
 from schemas import DeadLetter, ModelManifest
 from schemas.events import MAX_ID_LENGTH, MAX_TIMESTAMP
 from schemas.manifest import TrainingWindow

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
+from modelkit.item_index import ItemIndex
 from offline.evaluate import evaluation_ranks
 from offline.metrics import metrics_from_ranks, target_ranks
-from offline.session_arrays import ItemIndex, SessionArrays
+from offline.session_arrays import SessionArrays
 
 
 def test_ties_count_against_the_target() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from offline.model_numpy import GRU4RecNumpy, gru_step, initial_weights
+from modelkit.gru4rec import GRU4RecNumpy, gru_step, initial_weights
 from offline.model_tf import GRU4RecTF
 from offline.model_tf import gru_step as gru_step_tf
 

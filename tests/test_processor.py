@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.artifact import load_artifact, write_artifact
-from offline.model_numpy import GRU4RecNumpy, initial_weights
-from offline.session_arrays import ItemIndex
+from modelkit.artifact import load_artifact, write_artifact
+from modelkit.gru4rec import GRU4RecNumpy, initial_weights
+from modelkit.item_index import ItemIndex
 from schemas import ClickEvent, ModelManifest, Prediction
 from schemas.manifest import TrainingWindow
 from stream_worker.processor import Click, process_batch

@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCH))
 
 from crash_recovery import run_crash_recovery, train_model, workload  # noqa: E402
 
-from offline.artifact import ArtifactError, load_artifact  # noqa: E402
+from modelkit.artifact import ArtifactError, load_artifact  # noqa: E402
 from schemas import ClickEvent, DeadLetter, ModelManifest, Prediction  # noqa: E402
 from schemas.events import MAX_ID_LENGTH  # noqa: E402
 from stream_worker.model_holder import ModelHolder  # noqa: E402

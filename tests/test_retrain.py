@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.artifact import ArtifactError, current_version, list_versions, load_artifact, write_artifact
+from modelkit.artifact import ArtifactError, current_version, list_versions, load_artifact, write_artifact
+from modelkit.gru4rec import initial_weights
+from modelkit.item_index import ItemIndex
 from offline.cleaning import SECONDS_PER_DAY, clean
 from offline.hyperparams import GRU4RecParams
-from offline.model_numpy import initial_weights
 from offline.pipeline import data_digest
 from offline.retrain import (
     REJECTED_DIR,
@@ -33,7 +34,6 @@ from offline.retrain import (
     retrain_cycle,
     rollback,
 )
-from offline.session_arrays import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow
 from streamrec.cli import main

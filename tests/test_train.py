@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.artifact import load_artifact
+from modelkit.artifact import load_artifact
+from modelkit.gru4rec import GRU4RecNumpy
+from modelkit.item_index import ItemIndex
 from offline.baselines import PopularityScorer
 from offline.evaluate import evaluate
 from offline.hyperparams import GRU4RecParams
-from offline.model_numpy import GRU4RecNumpy
 from offline.pipeline import evaluate_artifact, to_sessions, train_version
-from offline.session_arrays import ItemIndex
 from offline.train import GRU4RecTrainer, item_counts
 from tests.conftest import synthetic_sessions
 

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.artifact import ModelArtifact, expected_shapes, load_artifact, write_artifact
+from modelkit.artifact import ModelArtifact, expected_shapes, load_artifact, write_artifact
+from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, GRU4RecNumpy, initial_weights, layer_weight_names
+from modelkit.item_index import ItemIndex
 from offline.hyperparams import GRU4RecParams
-from offline.model_numpy import WEIGHT_BIAS, WEIGHT_EMBEDDING, GRU4RecNumpy, initial_weights, layer_weight_names
 from offline.pipeline import to_sessions
-from offline.session_arrays import ItemIndex
 from offline.warm_start import CatalogueChange, catalogue_change, warm_start_index, warm_start_weights
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.artifact import load_artifact, set_current
+from modelkit.artifact import load_artifact, set_current
 from offline.hyperparams import GRU4RecParams
 from offline.loaders import load_events
 from offline.metrics import metrics_from_ranks

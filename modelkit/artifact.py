@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from offline.model_numpy import WEIGHT_BIAS, WEIGHT_EMBEDDING, layer_weight_names
-from offline.session_arrays import ItemIndex
+from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, layer_weight_names
+from modelkit.item_index import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import ARTIFACT_FORMAT_VERSION
 
