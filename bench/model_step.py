@@ -7,25 +7,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import _support  # noqa: F401  (the repository root on sys.path, for tests.support)
 import numpy as np
 
-from modelkit.artifact import load_artifact, write_artifact
-from modelkit.gru4rec import initial_weights
-from modelkit.item_index import ItemIndex
-from schemas import ModelManifest
-from schemas.manifest import TrainingWindow
+from modelkit.artifact import load_artifact
 from stream_worker.serving import ServingModel
+from tests.support.artifacts import random_artifact
 
 
 def serving_model(n_items: int, hidden: int, models_dir: Path) -> ServingModel:
     """A random model of the given size, written and loaded as a real artifact."""
-    manifest = ModelManifest(
-        version=f"bench-{n_items}", created_at=0.0, training_window=TrainingWindow(start=0.0, end=0.0),
-        data_digest="0" * 64, hyperparameters={"layers": [hidden]}, n_items=n_items, hidden_size=hidden, n_layers=1,
-    )
-    index = ItemIndex([str(i) for i in range(n_items)])
-    weights = initial_weights(n_items, (hidden,), seed=0)
-    path = write_artifact(models_dir, manifest, weights, index, np.ones(n_items, np.int64), make_current=False)
+    path = random_artifact(models_dir, f"bench-{n_items}", items=[str(i) for i in range(n_items)], layers=(hidden,),
+                           popularity=np.ones(n_items, np.int64), window=(0.0, 0.0), make_current=False)
     return ServingModel(load_artifact(path))
 
 
@@ -34,7 +27,7 @@ def per_event_us(n_items: int, batch: int, hidden: int, k: int, seconds: float) 
     with tempfile.TemporaryDirectory() as models_dir:
         model = serving_model(n_items, hidden, Path(models_dir))
     rng = np.random.default_rng(0)
-    state = np.zeros((1, batch, hidden), np.float32)
+    state = np.repeat(model.initial_state()[None, :], batch, axis=0)  # (batch, state_size)
     items = rng.integers(0, n_items, size=(256, batch))
     timings = []
     for full in (True, False):
@@ -42,7 +35,7 @@ def per_event_us(n_items: int, batch: int, hidden: int, k: int, seconds: float) 
         while time.perf_counter() - started < seconds:
             state = model.step(state, items[i % 256])
             if full:
-                model.recommend(state[-1], k)
+                model.recommend(state, k)
             events += batch
             i += 1
         timings.append((time.perf_counter() - started) / events * 1e6)

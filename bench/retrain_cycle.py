@@ -17,9 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from offline.cleaning import SECONDS_PER_DAY  # noqa: E402
 from offline.hyperparams import GRU4RecParams  # noqa: E402
 from offline.loaders import load_events  # noqa: E402
-from offline.retrain import RetrainReport, TopicSource, kafka_publisher, retrain_cycle  # noqa: E402
+from offline.retrain import RetrainReport, TopicSource, retrain_cycle  # noqa: E402
 from stream_worker.broker import EmbeddedBroker, create_topics  # noqa: E402
+from stream_worker.model_updates import kafka_publisher  # noqa: E402
 from stream_worker.replay import click_messages, time_ordered  # noqa: E402
+from stream_worker.topic_reader import ReadReport, click_window_reader  # noqa: E402
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k" / (
     "yoochoose-clicks-100k_train_full.txt")
@@ -42,8 +44,9 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, float
 def run_cycle(name: str, bootstrap: str, topic: str, models: Path, params: GRU4RecParams, args: argparse.Namespace,
               warm_start: bool, publish: bool) -> RetrainReport:
     report = retrain_cycle(
-        TopicSource(bootstrap, topic, progress=False), models, params, window_days=args.window_days,
-        gate_days=args.gate_days, margin=args.margin, warm_start=warm_start, progress=False,
+        TopicSource(topic, click_window_reader(bootstrap, progress=False)), models, params,
+        window_days=args.window_days, gate_days=args.gate_days, margin=args.margin, warm_start=warm_start,
+        progress=False,
         publish=kafka_publisher(bootstrap, "model-updates") if publish else None,
     )
     current, candidate, full = report.current_metrics, report.candidate_metrics, report.candidate_full_metrics
@@ -97,7 +100,7 @@ def main() -> None:
         print(f"produced days {args.initial_days + 1}..{n_days} ({len(rest)} events) in {seconds:.1f} s")
 
         warm = run_cycle("cycle: warm start", broker.bootstrap, topic, warm_dir, params, args, True, True)
-        assert warm.read is not None
+        assert isinstance(warm.read, ReadReport)  # what click_window_reader reports
         print(f"{'':<22} read: {warm.read.records_read} records, {warm.read.valid} in the window, "
               f"{warm.read.seconds:.2f} s; time index: {warm.read.time_index.split(' (')[0]}")
         scratch = run_cycle("cycle: from scratch", broker.bootstrap, topic, scratch_dir, params, args, False, False)

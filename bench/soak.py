@@ -8,7 +8,6 @@ import heapq
 import json
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -17,30 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _support import ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from crash_recovery import ROOT, Message, du_bytes, rss_kib  # noqa: E402
-
-from modelkit.artifact import write_artifact  # noqa: E402
-from modelkit.gru4rec import initial_weights  # noqa: E402
-from modelkit.item_index import ItemIndex  # noqa: E402
-from schemas import ModelManifest  # noqa: E402
-from schemas.manifest import TrainingWindow  # noqa: E402
-from stream_worker.broker import EmbeddedBroker, create_topics  # noqa: E402
-from tests.streaming import WorkerProcess  # noqa: E402
+from stream_worker.broker import EmbeddedBroker, create_topics
+from tests.support.artifacts import random_artifact
+from tests.support.streaming import WorkerProcess, du_bytes, rss_kib
+from tests.support.workloads import Message
 
 
 def synthetic_model(models_dir: Path, n_items: int, hidden: int, seed: int = 0) -> None:
     """A GRU4REC artifact with random weights (resources, not quality, are measured here)."""
-    rng = np.random.default_rng(seed)
-    weights = {k: (v + rng.normal(0, 0.3, v.shape)).astype(np.float32)
-               for k, v in initial_weights(n_items, (hidden,), seed).items()}
-    manifest = ModelManifest(version="soak-v1", created_at=0.0, training_window=TrainingWindow(start=0.0, end=1.0),
-                             data_digest="0" * 64, hyperparameters={"layers": [hidden]}, n_items=n_items,
-                             hidden_size=hidden, n_layers=1)
-    popularity = np.sort(rng.zipf(1.5, n_items).astype(np.int64) % 10_000)[::-1].copy()
-    write_artifact(models_dir, manifest, weights, ItemIndex([f"i{i}" for i in range(n_items)]), popularity)
+    popularity = np.sort(np.random.default_rng(seed).zipf(1.5, n_items).astype(np.int64) % 10_000)[::-1].copy()
+    random_artifact(models_dir, "soak-v1", items=n_items, layers=(hidden,), seed=seed, noise=0.3,
+                    popularity=popularity)
 
 
 def generated_clicks(n_events: int, events_per_s: float, n_items: int, seed: int = 0,

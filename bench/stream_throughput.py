@@ -17,20 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _support import ROOT, given_or_trained
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from crash_recovery import workload  # noqa: E402
-
-from offline.loaders import load_events  # noqa: E402
-from stream_worker.broker import EmbeddedBroker, free_port  # noqa: E402
-from stream_worker.progress import PROGRESS_KEY  # noqa: E402
-from stream_worker.replay import produce_raw  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"
-ROOT = Path(__file__).resolve().parents[1]
+from stream_worker.broker import EmbeddedBroker, free_port
+from stream_worker.progress import PROGRESS_KEY
+from stream_worker.replay import produce_raw
+from tests.support.workloads import Message, workload
 
 
 def read_records(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Any]:
@@ -94,7 +86,7 @@ class App:
 
 
 def sustained(kind: str, broker: EmbeddedBroker, models_dir: Path, work: Path,
-              messages: list[Any]) -> tuple[float, dict[str, Any]]:
+              messages: list[Message]) -> tuple[float, dict[str, Any]]:
     """Events/s over a backlog produced before the app starts (output CreateTime span), and the app's /stats."""
     prefix = f"{kind}-max-{time.monotonic_ns()}"
     produce_raw(broker.bootstrap, f"{prefix}-clicks", messages)
@@ -110,7 +102,7 @@ def sustained(kind: str, broker: EmbeddedBroker, models_dir: Path, work: Path,
     return len(records) / max(stamps.max() - stamps.min(), 1e-9), stats
 
 
-def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: list[Any], rates: list[float],
+def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: list[Message], rates: list[float],
               seconds: float) -> tuple[dict[float, tuple[float, float]], float]:
     """p50/p99 click->prediction latency (ms, CreateTime to CreateTime) at each offered rate; bytes/session."""
     from kafka import KafkaProducer
@@ -147,10 +139,10 @@ def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: li
             lat = []
             for record in outputs:
                 prediction = json.loads(record.value)
-                key = (prediction["partition"], prediction["offset"])
-                if key in sent_at and key not in measured:
-                    measured.add(key)
-                    lat.append(record.timestamp - sent_at[key])
+                source = (prediction["partition"], prediction["offset"])
+                if source in sent_at and source not in measured:
+                    measured.add(source)
+                    lat.append(record.timestamp - sent_at[source])
             results[rate] = (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
         producer.close()
         changelog = read_records(broker.bootstrap, f"{prefix}-sessions-changelog", 1, timeout_s=30)
@@ -171,14 +163,7 @@ def main() -> None:
     messages = workload(args.events)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         work = Path(tmp)
-        models_dir = args.models_dir
-        if models_dir is None:
-            from offline.hyperparams import GRU4RecParams
-            from offline.pipeline import train_version
-
-            models_dir = work / "models"
-            train = load_events(DATA / "yoochoose-clicks-100k_train_tr.txt", "session-tsv")
-            train_version(train, GRU4RecParams(n_epochs=2), models_dir, progress=False)
+        models_dir = given_or_trained(args.models_dir, work)
         passthrough, _ = sustained("passthrough", broker, models_dir, work, messages)
         worker, worker_stats = sustained("worker", broker, models_dir, work, messages)
         rates = [round(worker * f, -1) for f in (0.25, 0.5)]

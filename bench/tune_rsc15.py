@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modelkit.gru4rec import GRU4RecNumpy  # noqa: E402
 from modelkit.item_index import ItemIndex  # noqa: E402
-from offline.evaluate import evaluate  # noqa: E402
+from offline.evaluate import ModelScorer, evaluate  # noqa: E402
 from offline.hyperparams import BPRMAX_REFERENCE  # noqa: E402
 from offline.loaders import load_events  # noqa: E402
 from offline.pipeline import restrict_to_catalogue, to_sessions  # noqa: E402
@@ -42,7 +42,7 @@ def main() -> None:
         started = time.perf_counter()
         trainer = GRU4RecTrainer(params, item_counts(train, len(index)))
         report = trainer.fit(train, progress=False)
-        metrics = evaluate(GRU4RecNumpy(trainer.weights()), valid)
+        metrics = evaluate(ModelScorer(GRU4RecNumpy(trainer.weights())), valid)
         print(json.dumps({"change": {k: list(v) if isinstance(v, tuple) else v for k, v in change.items()},
                           "recall@20": round(metrics["recall@20"], 4), "mrr@20": round(metrics["mrr@20"], 4),
                           "train_events_per_s": round(report.events_per_s),

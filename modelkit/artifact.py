@@ -1,4 +1,4 @@
-"""Model artifacts on disk: version directories (weights, item ids, popularity, manifest) and the current pointer."""
+"""Model artifacts on disk: version directories (weights, item ids, popularity, manifest), written and loaded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import shutil
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,14 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, layer_weight_names
+from modelkit.families import family_named
+from modelkit.family import SessionModel
 from modelkit.item_index import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import ARTIFACT_FORMAT_VERSION
 
 CURRENT = "current"
+"""``MODELS_DIR/current``: a relative symlink to the current version, replaced atomically."""
 MANIFEST_FILE = "manifest.json"
 FILES = {"weights": "weights.npz", "item_ids": "item_ids.json", "popularity": "item_popularity.npy"}
 MAX_ARTIFACT_FILE_BYTES = 2 * 1024**3
@@ -44,22 +45,9 @@ class ModelArtifact:
     def version(self) -> str:
         return self.manifest.version
 
-
-def new_version_name(now: float | None = None) -> str:
-    """Sortable, unique version name: UTC time to the second plus a random suffix."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-    return f"{stamp}-{secrets.token_hex(3)}"
-
-
-def expected_shapes(n_items: int, hidden_size: int, layers: list[int]) -> dict[str, tuple[int, ...]]:
-    """Shape of every weight array for a model of this size (shared embedding: input size = hidden size)."""
-    shapes: dict[str, tuple[int, ...]] = {WEIGHT_EMBEDDING: (n_items, hidden_size), WEIGHT_BIAS: (n_items,)}
-    n_in = hidden_size
-    for layer, size in enumerate(layers):
-        w_ih, w_hh, b_ih, b_hh = layer_weight_names(layer)
-        shapes.update({w_ih: (n_in, 3 * size), w_hh: (size, 3 * size), b_ih: (3 * size,), b_hh: (3 * size,)})
-        n_in = size
-    return shapes
+    def model(self) -> SessionModel:
+        """The NumPy model of the manifest's family, for serving and evaluation."""
+        return family_named(self.manifest.model_family).build(self.weights, self.manifest.hyperparameters)
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -121,16 +109,6 @@ def current_version(models_dir: Path) -> str | None:
     return os.readlink(link) if link.is_symlink() else None
 
 
-def list_versions(models_dir: Path) -> list[str]:
-    """Published versions (directories with a manifest), oldest first."""
-    if not models_dir.is_dir():
-        return []
-    return sorted(
-        p.name for p in models_dir.iterdir()
-        if not p.is_symlink() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
-    )
-
-
 def _read_file(directory: Path, name: str) -> Path:
     path = directory / name
     if path.is_symlink() or not path.is_file():
@@ -187,10 +165,12 @@ def load_artifact(path: Path) -> ModelArtifact:
 def _check_consistency(
     manifest: ModelManifest, weights: dict[str, np.ndarray], item_index: ItemIndex, popularity: np.ndarray
 ) -> None:
-    layers = manifest.hyperparameters.get("layers", [manifest.hidden_size] * manifest.n_layers)
-    if not isinstance(layers, list) or len(layers) != manifest.n_layers or layers[-1] != manifest.hidden_size:
-        raise ArtifactError(f"manifest {manifest.version}: layers do not match n_layers/hidden_size")
-    expected = expected_shapes(manifest.n_items, manifest.hidden_size, layers)
+    try:
+        family = family_named(manifest.model_family)
+        expected = family.weight_shapes(manifest.n_items, manifest.hidden_size, manifest.n_layers,
+                                        manifest.hyperparameters)
+    except ValueError as error:
+        raise ArtifactError(f"manifest {manifest.version}: {error}") from None
     if set(weights) != set(expected):
         raise ArtifactError(
             f"manifest {manifest.version}: weight arrays {sorted(weights)} differ from expected {sorted(expected)}"

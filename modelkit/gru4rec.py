@@ -1,8 +1,13 @@
-"""GRU4REC forward pass in NumPy (serving backend): embed, GRU hidden step, score all items."""
+"""GRU4REC forward pass in NumPy (serving and evaluation backend): embed, GRU hidden step, score all items."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
+
+from modelkit.family import Family
 
 WEIGHT_EMBEDDING = "item_embedding"  # (n_items, hidden) shared input embedding and output item vectors
 WEIGHT_BIAS = "item_bias"  # (n_items,)
@@ -60,11 +65,11 @@ def gru_step(
 
 
 class GRU4RecNumpy:
-    """Inference-only GRU4REC over plain arrays; also a ``SessionScorer`` for the offline evaluation."""
+    """Inference-only GRU4REC over plain arrays (a ``SessionModel``): the state is every layer's hidden vector."""
 
-    name = "gru4rec"
+    family = "gru4rec"
 
-    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
         self.embedding = np.ascontiguousarray(weights[WEIGHT_EMBEDDING], dtype=np.float32)
         self.bias = np.ascontiguousarray(weights[WEIGHT_BIAS], dtype=np.float32)
         self.layers: list[tuple[np.ndarray, ...]] = []
@@ -75,7 +80,7 @@ class GRU4RecNumpy:
             )
             layer += 1
         self.n_items, self.hidden_size = self.embedding.shape
-        self._hidden = np.zeros((len(self.layers), 0, self.hidden_size), np.float32)
+        self.state_size = self.n_layers * self.hidden_size
 
     @property
     def n_layers(self) -> int:
@@ -93,17 +98,40 @@ class GRU4RecNumpy:
         return new_hidden
 
     def score(self, output: np.ndarray) -> np.ndarray:  # (batch, hidden) -> (batch, n_items)
-        return output @ self.embedding.T + self.bias
+        scores = output @ self.embedding.T
+        scores += self.bias
+        return scores
 
-    def step_hidden(self, items: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-        """Apply clicks ``items`` (batch,) to ``hidden`` (n_layers, batch, hidden_size)."""
-        return self.hidden_step(self.embed(items), hidden)
+    # SessionModel: a state row is the hidden vectors of layers 0..n_layers-1, concatenated.
+    def initial_state(self, n_sessions: int) -> np.ndarray:  # (n_sessions, n_layers * hidden)
+        return np.zeros((n_sessions, self.state_size), np.float32)
 
-    # SessionScorer protocol (offline evaluation): one hidden state row per evaluated session.
-    def reset(self, n_sessions: int) -> None:
-        self._hidden = np.zeros((self.n_layers, n_sessions, self.hidden_size), np.float32)
+    def step(self, states: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Apply clicks ``items`` (batch,) to ``states`` (batch, n_layers * hidden)."""
+        if self.n_layers == 1:
+            return self.hidden_step(self.embed(items), states[None])[0]
+        hidden = states.reshape(len(states), self.n_layers, self.hidden_size).transpose(1, 0, 2)
+        new_hidden = self.hidden_step(self.embed(items), hidden)  # (n_layers, batch, hidden)
+        return new_hidden.transpose(1, 0, 2).reshape(len(states), self.state_size)
 
-    def step(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        new_hidden = self.step_hidden(items, self._hidden[:, rows])
-        self._hidden[:, rows] = new_hidden
-        return self.score(new_hidden[-1])
+    def scores(self, states: np.ndarray) -> np.ndarray:  # (batch, n_layers * hidden) -> (batch, n_items)
+        return self.score(states[:, self.state_size - self.hidden_size :])
+
+
+def weight_shapes(n_items: int, hidden_size: int, n_layers: int, hyperparameters: Mapping[str, Any]
+                  ) -> dict[str, tuple[int, ...]]:
+    """Shape of every weight array (shared embedding: input size = last layer size); the manifest's
+    ``layers`` hyperparameter, when given, must agree with n_layers and hidden_size."""
+    layers = hyperparameters.get("layers", [hidden_size] * n_layers)
+    if not isinstance(layers, list) or len(layers) != n_layers or layers[-1] != hidden_size:
+        raise ValueError("layers do not match n_layers/hidden_size")
+    shapes: dict[str, tuple[int, ...]] = {WEIGHT_EMBEDDING: (n_items, hidden_size), WEIGHT_BIAS: (n_items,)}
+    n_in = hidden_size
+    for layer, size in enumerate(layers):
+        w_ih, w_hh, b_ih, b_hh = layer_weight_names(layer)
+        shapes.update({w_ih: (n_in, 3 * size), w_hh: (size, 3 * size), b_ih: (3 * size,), b_hh: (3 * size,)})
+        n_in = size
+    return shapes
+
+
+FAMILY = Family("gru4rec", weight_shapes, lambda weights, hyperparameters: GRU4RecNumpy(weights))

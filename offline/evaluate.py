@@ -6,6 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
+from modelkit.family import SessionModel
 from offline.metrics import DEFAULT_CUTOFFS, metrics_from_ranks, target_ranks
 from offline.session_arrays import SessionArrays
 
@@ -24,6 +25,24 @@ class SessionScorer(Protocol):
     def reset(self, n_sessions: int) -> None: ...
 
     def step(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+
+class ModelScorer:
+    """A ``SessionScorer`` over any model family's ``SessionModel``: one state row per evaluated session."""
+
+    def __init__(self, model: SessionModel) -> None:
+        self.model = model
+        self.name = model.family
+        self.n_items = model.n_items
+        self.states = model.initial_state(0)  # (n_sessions, state_size)
+
+    def reset(self, n_sessions: int) -> None:
+        self.states = self.model.initial_state(n_sessions)
+
+    def step(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        stepped = self.model.step(self.states[rows], items)  # (len(rows), state_size)
+        self.states[rows] = stepped
+        return self.model.scores(stepped)
 
 
 def evaluation_ranks(scorer: SessionScorer, test: SessionArrays, sessions_per_chunk: int = 1024) -> np.ndarray:

@@ -16,7 +16,7 @@ def gru_step(
     b_ih: tf.Tensor,  # (3 * hidden,)
     b_hh: tf.Tensor,  # (3 * hidden,)
 ) -> tf.Tensor:  # (batch, hidden)
-    """One GRU step (PyTorch GRUCell semantics, as in the official GRU4Rec); twin of model_numpy.gru_step."""
+    """One GRU step (PyTorch GRUCell semantics, as in the official GRU4Rec); twin of modelkit.gru4rec.gru_step."""
     gx_r, gx_z, gx_n = tf.split(tf.matmul(x, w_ih) + b_ih, 3, axis=1)
     gh_r, gh_z, gh_n = tf.split(tf.matmul(h, w_hh) + b_hh, 3, axis=1)
     r = tf.sigmoid(gx_r + gh_r)
@@ -69,6 +69,17 @@ class GRU4RecTF(tf.Module):
             return tf.matmul(output, self.item_embedding, transpose_b=True) + self.item_bias
         vectors = tf.gather(self.item_embedding, candidates)  # (n_candidates, hidden)
         return tf.matmul(output, vectors, transpose_b=True) + tf.gather(self.item_bias, candidates)
+
+    # TrainableModel: a state row is the hidden vectors of all layers, concatenated (as in GRU4RecNumpy).
+    def initial_state(self, n_sessions: int) -> tf.Tensor:  # (n_sessions, n_layers * hidden)
+        return tf.zeros((n_sessions, sum(int(layer[1].shape[0]) for layer in self.gru_layers)))
+
+    def step(self, states: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        hidden = tf.split(states, [int(layer[1].shape[0]) for layer in self.gru_layers], axis=1)
+        return tf.concat(self.hidden_step(self.embed(items), hidden), axis=1)
+
+    def scores(self, states: tf.Tensor) -> tf.Tensor:  # (batch, n_layers * hidden) -> (batch, n_items)
+        return self.score(states[:, -int(self.item_embedding.shape[1]) :])
 
     def weights(self) -> dict[str, np.ndarray]:
         result = {WEIGHT_EMBEDDING: self.item_embedding.numpy(), WEIGHT_BIAS: self.item_bias.numpy()}

@@ -1,10 +1,11 @@
-"""The offline jobs behind the CLI: train a model version, evaluate it, evaluate the baselines."""
+"""The offline jobs: train a model version (one training call, one manifest builder), evaluate it, the baselines."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,15 +13,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from modelkit.artifact import ModelArtifact, new_version_name, write_artifact
+from modelkit.artifact import ModelArtifact, write_artifact
 from modelkit.gru4rec import GRU4RecNumpy
 from modelkit.item_index import ItemIndex
+from modelkit.registry import new_version_name
 from offline.baselines import PopularityScorer, SequentialRulesScorer, VSKNNScorer
-from offline.evaluate import evaluate
+from offline.evaluate import ModelScorer, evaluate
 from offline.hyperparams import GRU4RecParams
 from offline.session_arrays import SessionArrays
 from schemas import ModelManifest
-from schemas.manifest import TrainingWindow
+from schemas.manifest import GateValue, TrainingWindow
 
 if TYPE_CHECKING:
     from offline.train import TrainingReport
@@ -67,6 +69,70 @@ def data_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class TrainedModel:
+    """The outcome of one training run: weights over ``item_index``, training clicks per item, the report."""
+
+    weights: dict[str, np.ndarray]
+    item_index: ItemIndex
+    counts: np.ndarray  # (n_items,) training clicks per item index (the artifact's popularity)
+    report: TrainingReport
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The training figures every manifest records."""
+        return {"train_seconds": self.report.seconds, "train_events_per_s": self.report.events_per_s}
+
+
+def train_model(
+    train_frame: pd.DataFrame,
+    params: GRU4RecParams,
+    item_index: ItemIndex,
+    initial: dict[str, np.ndarray] | None = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train GRU4REC on ``train_frame`` over ``item_index``, from ``initial`` weights (warm start) or from scratch.
+
+    The one training call of ``streamrec train`` and of a retrain cycle.
+    """
+    from offline.train import GRU4RecTrainer, item_counts  # TensorFlow is only needed here
+
+    sessions = to_sessions(train_frame, item_index)
+    if not (sessions.lengths >= 2).any():
+        raise ValueError("the training data has no session with at least 2 events")
+    counts = item_counts(sessions, len(item_index))
+    trainer = GRU4RecTrainer(params, counts, initial=initial)
+    report = trainer.fit(sessions, progress=progress)
+    return TrainedModel(trainer.weights(), item_index, counts, report)
+
+
+def build_manifest(
+    train_frame: pd.DataFrame,
+    params: GRU4RecParams,
+    model: TrainedModel,
+    metrics: Mapping[str, float],
+    *,
+    parent_version: str | None = None,
+    gate: dict[str, GateValue] | None = None,
+) -> ModelManifest:
+    """The manifest of a new version trained on ``train_frame``: a fresh name, training metrics, then ``metrics``."""
+    return ModelManifest(
+        version=new_version_name(),
+        created_at=time.time(),
+        training_window=TrainingWindow(
+            start=float(train_frame["timestamp"].min()), end=float(train_frame["timestamp"].max())
+        ),
+        data_digest=data_digest(train_frame),
+        hyperparameters=params.flat(),
+        n_items=len(model.item_index),
+        hidden_size=params.hidden_size,
+        n_layers=len(params.layers),
+        metrics={**model.metrics, **metrics},
+        parent_version=parent_version,
+        gate=gate,
+    )
+
+
 def train_version(
     train_frame: pd.DataFrame,
     params: GRU4RecParams,
@@ -75,38 +141,18 @@ def train_version(
     progress: bool = True,
 ) -> tuple[Path, TrainingReport, dict[str, float]]:
     """Train GRU4REC on ``train_frame``, evaluate on ``valid_frame`` if given, publish a new current version."""
-    from offline.train import GRU4RecTrainer, item_counts  # TensorFlow is only needed here
-
     if len(train_frame) == 0:
         raise ValueError("the training data has no events")
-    item_index = ItemIndex.from_events(train_frame["item_id"])
-    train = to_sessions(train_frame, item_index)
-    if not (train.lengths >= 2).any():
-        raise ValueError("the training data has no session with at least 2 events")
-    counts = item_counts(train, len(item_index))
-    trainer = GRU4RecTrainer(params, counts)
-    report = trainer.fit(train, progress=progress)
-    weights = trainer.weights()
-    metrics: dict[str, float] = {"train_seconds": report.seconds, "train_events_per_s": report.events_per_s}
+    model = train_model(train_frame, params, ItemIndex.from_events(train_frame["item_id"]), progress=progress)
+    metrics = model.metrics
     if valid_frame is not None:
-        valid = restrict_to_catalogue(valid_frame, item_index)
-        metrics.update({f"valid_{k}": v for k, v in evaluate(GRU4RecNumpy(weights), valid.sessions).items()})
-    manifest = ModelManifest(
-        version=new_version_name(),
-        created_at=time.time(),
-        training_window=TrainingWindow(
-            start=float(train_frame["timestamp"].min()), end=float(train_frame["timestamp"].max())
-        ),
-        data_digest=data_digest(train_frame),
-        hyperparameters=params.flat(),
-        n_items=len(item_index),
-        hidden_size=params.hidden_size,
-        n_layers=len(params.layers),
-        metrics=metrics,
-    )
-    path = write_artifact(models_dir, manifest, weights, item_index, counts)
-    log.info("published model %s (%d items) to %s", manifest.version, len(item_index), path)
-    return path, report, metrics
+        valid = restrict_to_catalogue(valid_frame, model.item_index)
+        valid_metrics = evaluate(ModelScorer(GRU4RecNumpy(model.weights)), valid.sessions)
+        metrics.update({f"valid_{k}": v for k, v in valid_metrics.items()})
+    manifest = build_manifest(train_frame, params, model, metrics)
+    path = write_artifact(models_dir, manifest, model.weights, model.item_index, model.counts)
+    log.info("published model %s (%d items) to %s", manifest.version, len(model.item_index), path)
+    return path, model.report, metrics
 
 
 def evaluate_artifact(
@@ -119,7 +165,7 @@ def evaluate_artifact(
     """
     allowed = None if train_frame is None else set(train_frame["item_id"].tolist())
     test = restrict_to_catalogue(test_frame, artifact.item_index, allowed)
-    return evaluate(GRU4RecNumpy(artifact.weights), test.sessions), test
+    return evaluate(ModelScorer(artifact.model()), test.sessions), test
 
 
 def evaluate_baselines(

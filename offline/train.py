@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -18,23 +17,11 @@ from offline.losses import bpr_max, cross_entropy_logq
 from offline.model_tf import GRU4RecTF, reset_hidden
 from offline.sampling import SampleCache
 from offline.session_arrays import SessionArrays
+from offline.training_report import TrainingReport
 
 log = logging.getLogger(__name__)
 
 ADAGRAD_EPS = 1e-6
-
-
-@dataclass
-class TrainingReport:
-    """What a training run did: per-epoch loss and throughput."""
-
-    epoch_losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    events: int = 0
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
 class _AdagradMomentum:
@@ -66,6 +53,8 @@ class _AdagradMomentum:
 
 class GRU4RecTrainer:
     """Trains one GRU4RecTF on session-parallel mini-batches; ``steps_per_call`` steps run in one TF call."""
+
+    family = "gru4rec"
 
     def __init__(
         self,

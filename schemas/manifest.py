@@ -42,6 +42,11 @@ class ModelManifest(VersionedModel):
     """Metadata of one trained model version, stored as manifest.json in its version directory."""
 
     version: ModelVersion
+    model_family: str = Field(
+        default="gru4rec", pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="Model family of the weights (e.g. gru4rec); manifests written before the field was added "
+        "are gru4rec.",
+    )
     created_at: Timestamp
     training_window: TrainingWindow
     data_digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the training data.")

@@ -9,7 +9,7 @@ from typing import Any
 import aiokafka
 from aiokafka.structs import TopicPartition
 
-from stream_worker.tail import Record
+from stream_worker.record import Record
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from schemas import ClickEvent
+from schemas import SCHEMA_VERSION, ClickEvent
 from stream_worker.serving import ServingModel
 from stream_worker.session_state import NO_EVENT, SessionState, event_hash, item_hash, item_hash32
 
@@ -70,10 +70,11 @@ def prediction_json(
     produced_at: float,
     received_at: float,
 ) -> bytes:
-    """Serialise one Prediction (fields and types as schemas.Prediction; a test validates the output)."""
+    """Serialise one Prediction: the fields of schemas.Prediction, written by orjson (a pydantic model per click
+    costs more than the model step); tests validate the output against the contract."""
     event = click.event
     return orjson.dumps({
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "session_id": event.session_id,
         "event_id": event.event_id,
         "partition": click.partition,
@@ -89,7 +90,7 @@ def prediction_json(
 
 
 def new_state(model: ServingModel) -> SessionState:
-    return SessionState(model.version, model.zero_hidden())
+    return SessionState(model.version, model.initial_state())
 
 
 def process_batch(
@@ -102,7 +103,7 @@ def process_batch(
 ) -> BatchOutcome:
     """Apply each session's clicks in order, batched across sessions, and predict after every click.
 
-    Clicks on items the model does not know leave the hidden state as it is (they still enter the ring);
+    Clicks on items the model does not know leave the model state as it is (they still enter the ring);
     a session with no known click yet gets the popularity top-k.
     """
     outcome = BatchOutcome()
@@ -126,20 +127,20 @@ def process_batch(
                  rank_in_previous(state.last_top, state.last_scores, item_hash32(clicks[0].event.item_id)))
             )
         if clicks and state.model_version != model.version:
-            state.hidden, state.known_count = model.recompute(state.ring)
+            state.model_state, state.known_count = model.recompute(state.ring)
             state.model_version = model.version
             outcome.recomputed += 1
         current.append(state)
         fresh.append(clicks)
-    hidden = np.stack([s.hidden for s in current], axis=1) if current else None  # (n_layers, n_sessions, size)
+    model_states = np.stack([s.model_state for s in current]) if current else None  # (n_sessions, state_size)
     longest = max((len(c) for c in fresh), default=0)
     for position in range(longest):
         rows = [r for r, clicks in enumerate(fresh) if len(clicks) > position]
         items = np.array([model.index_of(fresh[r][position].event.item_id) for r in rows], dtype=np.int64)
         known = items >= 0
-        if known.any() and hidden is not None:
+        if known.any() and model_states is not None:
             stepped = [r for r, ok in zip(rows, known, strict=True) if ok]
-            hidden[:, stepped] = model.step(hidden[:, stepped], items[known])
+            model_states[stepped] = model.step(model_states[stepped], items[known])
         hashed = {r: item_hash(fresh[r][position].event.item_id) for r in rows}
         for r, ok in zip(rows, known, strict=True):
             state, click = current[r], fresh[r][position]
@@ -150,7 +151,7 @@ def process_batch(
             state.known_count += int(ok)
             state.last_timestamp = max(state.last_timestamp, click.event.timestamp)
         model_rows = [r for r in rows if current[r].known_count > 0]
-        top = model.recommend(hidden[-1, model_rows], k) if model_rows and hidden is not None else None
+        top = model.recommend(model_states[model_rows], k) if model_rows and model_states is not None else None
         popular = model.popular(k)
         produced_at = time.time()
         slot = {r: i for i, r in enumerate(model_rows)}
@@ -170,7 +171,7 @@ def process_batch(
                 (session_ids[r], prediction_json(click, top_items, scores, model, path, produced_at, received_at))
             )
     for r, session_id in enumerate(session_ids):
-        if fresh[r] and hidden is not None:
-            current[r].hidden = hidden[:, r].copy()
+        if fresh[r] and model_states is not None:
+            current[r].model_state = model_states[r].copy()
             outcome.states[session_id] = current[r]
     return outcome

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (the reader's record type; this module does no I/O)
-    from stream_worker.tail import Record
+    from stream_worker.record import Record
 
 PROGRESS_KEY = b"\xff\x00streamrec:progress"  # not UTF-8, so no session id (the other keys) can be equal to it
 _PROGRESS = struct.Struct("<q")

@@ -1,4 +1,4 @@
-"""The model as the worker serves it: NumPy GRU4REC, item lookup by id or hash, batched top-k."""
+"""The model as the worker serves it: any family's NumPy model, item lookup by id or hash, batched top-k."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from modelkit.artifact import ModelArtifact
-from modelkit.gru4rec import GRU4RecNumpy
 from stream_worker.session_state import item_hash, item_hash32
 
 
@@ -39,22 +38,15 @@ class ServingModel:
 
     def __init__(self, artifact: ModelArtifact) -> None:
         self.version = artifact.version
+        self.family = artifact.manifest.model_family
         self.artifact_path = artifact.path
-        self.network = GRU4RecNumpy(artifact.weights)
+        self.network = artifact.model()
         self.item_ids = artifact.item_index.ids  # (n_items,) object
         self._index_of_id = {item_id: i for i, item_id in enumerate(self.item_ids.tolist())}
         self._index_of_hash = {item_hash(item_id): i for item_id, i in self._index_of_id.items()}
         self.item_hash32 = np.array([item_hash32(i) for i in self.item_ids.tolist()], dtype=np.uint32)  # (n_items,)
         self._popularity = np.asarray(artifact.popularity, dtype=np.float32)[None, :]  # (1, n_items)
         self._popular: dict[int, TopK] = {}
-
-    @property
-    def n_layers(self) -> int:
-        return self.network.n_layers
-
-    @property
-    def hidden_size(self) -> int:
-        return self.network.hidden_size
 
     def popular(self, k: int) -> TopK:
         """The k most clicked training items: the fallback for a session with no known item."""
@@ -66,32 +58,28 @@ class ServingModel:
         """Item index, or -1 for an item the model does not know."""
         return self._index_of_id.get(item_id, -1)
 
-    def zero_hidden(self) -> np.ndarray:  # (n_layers, hidden_size)
-        return np.zeros((self.n_layers, self.hidden_size), np.float32)
+    def initial_state(self) -> np.ndarray:  # (state_size,)
+        return self.network.initial_state(1)[0]
 
-    def step(self, hidden: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Apply one click per session: hidden (n_layers, batch, hidden_size), items (batch,) -> new hidden."""
-        return self.network.step_hidden(items, hidden)
+    def step(self, states: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Apply one click per session: states (batch, state_size), items (batch,) -> new states."""
+        return self.network.step(states, items)
 
-    def recommend(self, output: np.ndarray, k: int, rows_per_chunk: int = 64) -> TopK:
-        """Top-k next items for last-layer outputs (batch, hidden_size); scored in chunks that stay in cache."""
-        embedding_t, bias = self.network.embedding.T, self.network.bias
-        chunks = []
-        for first in range(0, len(output), rows_per_chunk):
-            scores = output[first : first + rows_per_chunk] @ embedding_t  # (chunk, n_items)
-            scores += bias
-            chunks.append(top_k(scores, k))
+    def recommend(self, states: np.ndarray, k: int, rows_per_chunk: int = 64) -> TopK:
+        """Top-k next items for session states (batch, state_size); scored in chunks that stay in cache."""
+        chunks = [top_k(self.network.scores(states[first : first + rows_per_chunk]), k)
+                  for first in range(0, len(states), rows_per_chunk)]
         if len(chunks) == 1:
             return chunks[0]
         return TopK(np.concatenate([c.items for c in chunks]), np.concatenate([c.scores for c in chunks]))
 
     def recompute(self, ring: Sequence[int]) -> tuple[np.ndarray, int]:
-        """Hidden state (n_layers, hidden_size) from a ring of item hashes, and how many of them are known."""
-        hidden = self.zero_hidden()[:, None, :]  # (n_layers, 1, hidden_size)
+        """State (state_size,) from a ring of item hashes, and how many of them are known."""
+        state = self.network.initial_state(1)  # (1, state_size)
         known = 0
         for hashed in ring:
             index = self._index_of_hash.get(hashed)
             if index is not None:
-                hidden = self.step(hidden, np.array([index]))
+                state = self.step(state, np.array([index]))
                 known += 1
-        return hidden[:, 0, :], known
+        return state[0], known

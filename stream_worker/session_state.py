@@ -11,10 +11,12 @@ import numpy as np
 LAYOUT_VERSION = 1
 NO_OFFSET = -1
 NO_EVENT = 0
-# layout, n_layers, hidden_size, last_offset, last_event_hash, last_timestamp, event_count, known_count,
-# ring_len, version_len, top_len; then version bytes, ring (u64), last top-k (u32 item hashes, f32 scores), hidden.
+# layout, state_rows, state_cols, last_offset, last_event_hash, last_timestamp, event_count, known_count,
+# ring_len, version_len, top_len; then version bytes, ring (u64), last top-k (u32 item hashes, f32 scores), model
+# state (state_rows * state_cols f32; written as one row, older states as n_layers rows of a GRU4REC hidden state).
 _HEADER = struct.Struct("<BBHqQdIIHBB")
 MAX_VERSION_BYTES = 64
+MAX_STATE_SIZE = 0xFFFF
 
 
 def item_hash(item_id: str) -> int:
@@ -40,18 +42,19 @@ class StateDecodeError(ValueError):
 class SessionState:
     """What the worker keeps per session.
 
-    ``hidden`` belongs to ``model_version``; ``ring`` holds hashes of the last clicked items (oldest first,
-    known and unknown to the model alike) so a new model version can recompute the hidden state.
+    ``model_state`` belongs to ``model_version`` (its family decides what the floats mean); ``ring`` holds hashes
+    of the last clicked items (oldest first, known and unknown to the model alike) so a new model version, of
+    any family, can recompute the state.
     """
 
     model_version: str
-    hidden: np.ndarray  # (n_layers, hidden_size) float32
+    model_state: np.ndarray  # (state_size,) float32
     ring: list[int] = field(default_factory=list)  # item hashes, oldest first
     last_offset: int = NO_OFFSET  # source offset of the last applied click (its partition is fixed by the key)
     last_event_hash: int = NO_EVENT  # event_hash of the last applied click, if it had an event id
     last_timestamp: float = 0.0  # event time of the last applied click
     event_count: int = 0  # clicks applied (known and unknown items)
-    known_count: int = 0  # clicks that moved the hidden state under model_version
+    known_count: int = 0  # clicks that moved the model state under model_version
     last_top: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # (k,) item_hash32, best first
     last_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (k,) their scores
 
@@ -59,9 +62,10 @@ class SessionState:
         version = self.model_version.encode()
         if len(version) > MAX_VERSION_BYTES:
             raise ValueError("model version longer than 64 bytes")
-        n_layers, hidden_size = self.hidden.shape
+        if self.model_state.size > MAX_STATE_SIZE:
+            raise ValueError(f"model state of {self.model_state.size} values exceeds {MAX_STATE_SIZE}")
         header = _HEADER.pack(
-            LAYOUT_VERSION, n_layers, hidden_size, self.last_offset, self.last_event_hash, self.last_timestamp,
+            LAYOUT_VERSION, 1, self.model_state.size, self.last_offset, self.last_event_hash, self.last_timestamp,
             min(self.event_count, 0xFFFFFFFF), min(self.known_count, 0xFFFFFFFF), len(self.ring), len(version),
             len(self.last_top),
         )
@@ -71,18 +75,18 @@ class SessionState:
             np.asarray(self.ring, dtype="<u8").tobytes(),
             np.asarray(self.last_top, dtype="<u4").tobytes(),
             np.asarray(self.last_scores, dtype="<f4").tobytes(),
-            np.ascontiguousarray(self.hidden, dtype="<f4").tobytes(),
+            np.ascontiguousarray(self.model_state, dtype="<f4").tobytes(),
         ))
 
     @classmethod
     def decode(cls, data: bytes) -> SessionState:
         if len(data) < _HEADER.size:
             raise StateDecodeError(f"session state too short ({len(data)} bytes)")
-        (layout, n_layers, hidden_size, last_offset, last_event_hash, last_timestamp, event_count, known_count,
+        (layout, state_rows, state_cols, last_offset, last_event_hash, last_timestamp, event_count, known_count,
          ring_len, version_len, top_len) = _HEADER.unpack_from(data)
         if layout != LAYOUT_VERSION:
             raise StateDecodeError(f"unknown session state layout {layout}")
-        expected = _HEADER.size + version_len + 8 * ring_len + 8 * top_len + 4 * n_layers * hidden_size
+        expected = _HEADER.size + version_len + 8 * ring_len + 8 * top_len + 4 * state_rows * state_cols
         if len(data) != expected:
             raise StateDecodeError(f"session state has {len(data)} bytes, layout says {expected}")
         position = _HEADER.size
@@ -94,13 +98,13 @@ class SessionState:
         position += 4 * top_len
         last_scores = np.frombuffer(data, dtype="<f4", count=top_len, offset=position).copy()
         position += 4 * top_len
-        hidden = np.frombuffer(data, dtype="<f4", offset=position).reshape(n_layers, hidden_size).copy()
-        return cls(version, hidden, ring, last_offset, last_event_hash, last_timestamp, event_count, known_count,
+        model_state = np.frombuffer(data, dtype="<f4", offset=position).copy()
+        return cls(version, model_state, ring, last_offset, last_event_hash, last_timestamp, event_count, known_count,
                    last_top, last_scores)
 
 
 _LAST_TIMESTAMP = struct.Struct("<d")
-_LAST_TIMESTAMP_AT = 20  # after layout, n_layers, hidden_size, last_offset, last_event_hash
+_LAST_TIMESTAMP_AT = 20  # after layout, state_rows, state_cols, last_offset, last_event_hash
 
 
 def last_timestamp_of(data: bytes) -> float:

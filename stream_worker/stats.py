@@ -11,7 +11,9 @@ from stream_worker.online_metrics import OnlineEvaluator, summary
 from stream_worker.processor import BatchOutcome
 
 
-class _Holder(Protocol):
+class HolderStatus(Protocol):
+    """What /stats reports of the model holder (stream_worker/model_holder.py)."""
+
     swaps: int
     failures: int
     last_error: str
@@ -101,7 +103,7 @@ class WorkerStats:
         self._last_expiry = now
         return True
 
-    def snapshot(self, holder: _Holder, lags: dict[int, int], sessions: int) -> dict[str, Any]:
+    def snapshot(self, holder: HolderStatus, lags: dict[int, int], sessions: int) -> dict[str, Any]:
         return {
             "uptime_s": time.time() - self.started_at,
             "model_version": holder.model.version,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
+from stream_worker.record import Record
 from stream_worker.settings import client_config
 
 logger = logging.getLogger(__name__)
@@ -19,15 +20,6 @@ CONSUMER_OPTIONS: dict[str, Any] = {
     "fetch_max_wait_ms": 100,
 }
 _POLL_MS = 200
-
-
-class Record(NamedTuple):
-    """One message as read: raw key and value bytes, partition and offset."""
-
-    key: bytes | None
-    value: bytes | None
-    partition: int
-    offset: int
 
 
 def iter_topic(

@@ -1,16 +1,27 @@
-"""Shared test fixtures: small synthetic sessions and the path of the real YOOCHOOSE sample."""
+"""Shared fixtures (the real YOOCHOOSE sample, an embedded broker) and the automatic ``broker`` marker."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
+
+from tests.support.workloads import RSC15_DIR
+
+if TYPE_CHECKING:
+    from stream_worker.broker import EmbeddedBroker
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-RSC15_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rsc15-100k"
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test using the ``broker`` fixture (directly or through another fixture) is marked ``broker``."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
 
 
 @pytest.fixture(scope="session")
@@ -20,24 +31,8 @@ def rsc15_dir() -> Path:
     return RSC15_DIR
 
 
-def synthetic_sessions(n_sessions: int, n_items: int, seed: int = 0, max_length: int = 8):
-    """Sessions following a noisy item chain (item i -> i+1), so a sequence model can learn something."""
-    rng = np.random.default_rng(seed)
-    session_ids, item_ids, timestamps = [], [], []
-    t = 1_600_000_000.0
-    for s in range(n_sessions):
-        item = int(rng.integers(n_items))
-        for _ in range(int(rng.integers(2, max_length + 1))):
-            session_ids.append(f"s{s}")
-            item_ids.append(str(item))
-            timestamps.append(t)
-            t += 1.0
-            item = (item + 1) % n_items if rng.random() < 0.9 else int(rng.integers(n_items))
-    return np.array(session_ids), np.array(item_ids), np.array(timestamps)
-
-
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory):
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """An embedded tansu broker on a free port for the whole test session, stopped by its own PID at the end.
 
     Memory storage: use a fresh topic name per test (e.g. with uuid) so tests do not see each other's data.

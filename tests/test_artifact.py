@@ -9,34 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelkit.artifact import (
-    ArtifactError,
-    current_version,
-    list_versions,
-    load_artifact,
-    set_current,
-    write_artifact,
-)
+from modelkit.artifact import ArtifactError, current_version, load_artifact, set_current
 from modelkit.gru4rec import initial_weights
-from modelkit.item_index import ItemIndex
-from schemas import ModelManifest
-from schemas.manifest import TrainingWindow
+from modelkit.registry import list_versions
+from tests.support.artifacts import random_artifact
 
 N_ITEMS, HIDDEN = 7, 4
 
 
-def _manifest(version: str) -> ModelManifest:
-    return ModelManifest(
-        version=version, created_at=1.0, training_window=TrainingWindow(start=0.0, end=10.0),
-        data_digest="0" * 64, hyperparameters={"layers": [HIDDEN], "loss": "bpr-max"}, n_items=N_ITEMS,
-        hidden_size=HIDDEN, n_layers=1,
-    )
-
-
 def _publish(models: Path, version: str = "v1", make_current: bool = True) -> Path:
-    weights = initial_weights(N_ITEMS, (HIDDEN,), seed=0)
-    index = ItemIndex([f"item{i}" for i in range(N_ITEMS)])
-    return write_artifact(models, _manifest(version), weights, index, np.arange(N_ITEMS), make_current)
+    return random_artifact(models, version, items=[f"item{i}" for i in range(N_ITEMS)], layers=(HIDDEN,),
+                           popularity=np.arange(N_ITEMS), hyperparameters={"layers": [HIDDEN], "loss": "bpr-max"},
+                           created_at=1.0, window=(0.0, 10.0), make_current=make_current)
 
 
 def test_round_trip_through_current(tmp_path: Path) -> None:
@@ -105,3 +89,23 @@ def test_broken_artifacts_are_refused_with_one_line(tmp_path: Path, how: str) ->
     with pytest.raises(ArtifactError) as error:
         load_artifact(path)
     assert "\n" not in str(error.value) and str(path.resolve()) in str(error.value) or "v1" in str(error.value)
+
+
+def test_an_artifact_written_before_model_families_loads_as_gru4rec(tmp_path: Path) -> None:
+    path = _publish(tmp_path, "v1")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest.pop("model_family") == "gru4rec"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    artifact = load_artifact(path)
+    assert artifact.manifest.model_family == "gru4rec"
+    model = artifact.model()
+    assert model.family == "gru4rec" and model.n_items == N_ITEMS and model.state_size == HIDDEN
+    assert model.scores(model.step(model.initial_state(1), np.array([2]))).shape == (1, N_ITEMS)
+
+
+def test_an_unknown_model_family_is_refused(tmp_path: Path) -> None:
+    path = _publish(tmp_path, "v1")
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "model_family": "word2vec"}))
+    with pytest.raises(ArtifactError, match="unknown model family 'word2vec'"):
+        load_artifact(path)

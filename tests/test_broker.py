@@ -47,6 +47,7 @@ def test_tansu_binary_is_found_and_executable() -> None:
     assert path.name == "tansu" and os.access(path, os.X_OK)
 
 
+@pytest.mark.broker  # starts its own
 def test_start_stop_restart_own_broker(tmp_path: Path) -> None:
     broker = EmbeddedBroker(log_path=tmp_path / "tansu.log")
     with broker:
@@ -118,6 +119,7 @@ def test_end_offsets_use_the_high_water_mark_not_list_offsets(broker: EmbeddedBr
     assert (record.value, record.offset) == (b"after", 10)
 
 
+@pytest.mark.broker  # starts its own
 def test_cli_broker_runs_until_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(

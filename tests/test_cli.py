@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.cli import main
-from tests.conftest import synthetic_sessions
+from tests.support.workloads import synthetic_sessions
 
 TINY = ["--layers", "16", "--batch-size", "8", "--n-sample", "16", "--epochs", "1"]
 

@@ -24,17 +24,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from modelkit.artifact import ArtifactError, load_artifact, write_artifact
-from modelkit.gru4rec import initial_weights
-from modelkit.item_index import ItemIndex
-from schemas import DeadLetter, ModelManifest
+from modelkit.artifact import ArtifactError, load_artifact
+from schemas import DeadLetter
 from schemas.events import MAX_ID_LENGTH, MAX_TIMESTAMP
-from schemas.manifest import TrainingWindow
-from stream_worker.app import parse_click
+from stream_worker.ingest import parse_click
 from stream_worker.model_holder import ModelHolder
 from stream_worker.processor import Click, process_batch
 from stream_worker.serving import ServingModel
 from stream_worker.session_state import SessionState
+from tests.support.artifacts import random_artifact
 
 N_ITEMS, HIDDEN = 40, 8
 MAX_BYTES = 65536  # WorkerSettings.max_message_bytes default
@@ -47,21 +45,11 @@ FUZZ = settings(deadline=None, database=None, derandomize=True, print_blob=True,
                                        HealthCheck.function_scoped_fixture])
 
 
-def publish_model(models_dir: Path, version: str = "fuzz-v1", seed: int = 0) -> Path:
-    """A small GRU4REC artifact with random weights, as ``models_dir/<version>`` and ``current``."""
-    rng = np.random.default_rng(seed)
-    weights = {k: (v + rng.normal(0, 0.5, v.shape)).astype(np.float32)
-               for k, v in initial_weights(N_ITEMS, (HIDDEN,), seed).items()}
-    manifest = ModelManifest(version=version, created_at=0.0, training_window=TrainingWindow(start=0.0, end=1.0),
-                             data_digest="0" * 64, hyperparameters={"layers": [HIDDEN]}, n_items=N_ITEMS,
-                             hidden_size=HIDDEN, n_layers=1)
-    return write_artifact(models_dir, manifest, weights, ItemIndex(ITEMS), np.arange(N_ITEMS)[::-1].copy())
-
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small GRU4REC artifact with random weights, as ``fuzz-v1`` and ``current``."""
     directory = tmp_path_factory.mktemp("fuzz-models")
-    publish_model(directory)
+    random_artifact(directory, "fuzz-v1", items=ITEMS, layers=(HIDDEN,), noise=0.5)
     return directory
 
 
@@ -308,7 +296,7 @@ def test_hostile_clicks_never_raise_are_classified_and_leave_valid_predictions_u
             want = alone_states[session_id]
             assert state is not None and want is not None
             assert state.ring == want.ring and state.event_count == want.event_count
-            np.testing.assert_array_equal(state.hidden, want.hidden)
+            np.testing.assert_array_equal(state.model_state, want.model_state)
 
     check()
     assert seen["hostile"] >= 10_000, seen
@@ -335,7 +323,8 @@ def check_worker_on_corpus(broker: Any, models_dir: Path, tmp_path: Path, corpus
     prediction equal (up to float noise) to an in-process run of the valid clicks alone, no crash."""
     from stream_worker.replay import produce_raw
     from stream_worker.tail import read_topic
-    from tests.streaming import WorkerProcess, same_ranking
+    from tests.support.checks import same_ranking
+    from tests.support.streaming import WorkerProcess
 
     prefix = f"fuzz-{os.getpid()}-{time.monotonic_ns()}"
     worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", prefix, tmp_path / "worker.log",

@@ -1,34 +1,86 @@
-"""The NumPy serving model and the TensorFlow training model compute the same hidden states and scores."""
+"""Every model family's NumPy definition (serving, evaluation) and TensorFlow definition (training) agree."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from modelkit.gru4rec import GRU4RecNumpy, gru_step, initial_weights
+from modelkit.families import FAMILIES
+from modelkit.family import SessionModel
+from modelkit.gru4rec import gru_step, initial_weights
 from offline.model_tf import GRU4RecTF
 from offline.model_tf import gru_step as gru_step_tf
+from offline.trainable import TrainableModel
+
+N_ITEMS = 50
 
 
-@pytest.mark.parametrize("layers", [(16,), (12, 12)])
-def test_numpy_and_tensorflow_agree_over_whole_sessions(layers: tuple[int, ...]) -> None:
+@dataclass(frozen=True)
+class FamilyCase:
+    """One configuration of a family: random non-trivial weights, its hyperparameters, its TF definition."""
+
+    family: str
+    hyperparameters: dict[str, list[int]]
+    weights: Callable[[np.random.Generator], dict[str, np.ndarray]]
+    tensorflow: Callable[[dict[str, np.ndarray]], TrainableModel]
+
+
+def _gru4rec_weights(layers: tuple[int, ...]) -> Callable[[np.random.Generator], dict[str, np.ndarray]]:
+    def weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+        initial = initial_weights(n_items=N_ITEMS, layers=layers, seed=3)
+        return {k: (v + rng.normal(0, 0.3, v.shape)).astype(np.float32) for k, v in initial.items()}  # biases != 0
+    return weights
+
+
+CASES = {
+    "gru4rec-1-layer": FamilyCase("gru4rec", {"layers": [16]}, _gru4rec_weights((16,)), GRU4RecTF),
+    "gru4rec-2-layers": FamilyCase("gru4rec", {"layers": [12, 12]}, _gru4rec_weights((12, 12)), GRU4RecTF),
+}
+
+
+def test_every_family_has_a_parity_case() -> None:
+    assert {case.family for case in CASES.values()} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_numpy_and_tensorflow_agree_over_whole_sessions(name: str) -> None:
+    case = CASES[name]
     rng = np.random.default_rng(7)
-    weights = initial_weights(n_items=50, layers=layers, seed=3)
-    weights = {k: (v + rng.normal(0, 0.3, v.shape)).astype(np.float32) for k, v in weights.items()}  # non-zero biases
-    tf_model = GRU4RecTF(weights)
-    np_model = GRU4RecNumpy(weights)
-    sessions = rng.integers(0, 50, size=(6, 9))  # 6 sessions of 9 clicks, stepped in parallel
-    tf_hidden = [tf.zeros((6, layers[-1]))] * len(layers)
-    np_model.reset(6)
+    weights = case.weights(rng)
+    tf_model = case.tensorflow(weights)
+    np_model: SessionModel = FAMILIES[case.family].build(weights, case.hyperparameters)
+    assert np_model.n_items == N_ITEMS
+    sessions = rng.integers(0, N_ITEMS, size=(6, 9))  # 6 sessions of 9 clicks, stepped in parallel
+    tf_states, np_states = tf_model.initial_state(6), np_model.initial_state(6)
+    assert np_states.shape == (6, np_model.state_size) and tuple(tf_states.shape) == np_states.shape
     for position in range(sessions.shape[1]):
         items = sessions[:, position]
-        tf_hidden = tf_model.hidden_step(tf_model.embed(tf.constant(items)), tf_hidden)
-        tf_scores = tf_model.score(tf_hidden[-1]).numpy()
-        np_scores = np_model.step(np.arange(6), items)
-        np.testing.assert_allclose(np_model._hidden[-1], tf_hidden[-1].numpy(), atol=1e-5)
+        tf_states = tf_model.step(tf_states, tf.constant(items))
+        np_states = np_model.step(np_states, items)
+        tf_scores, np_scores = tf_model.scores(tf_states).numpy(), np_model.scores(np_states)
+        np.testing.assert_allclose(np_states, tf_states.numpy(), atol=1e-5)
         np.testing.assert_allclose(np_scores, tf_scores, atol=1e-4)
         assert (np.argsort(-np_scores, axis=1)[:, :5] == np.argsort(-tf_scores, axis=1)[:, :5]).mean() > 0.99
+    for name_, value in tf_model.weights().items():  # the TF model exports the weights it was built from
+        np.testing.assert_array_equal(value, weights[name_])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_session_steps_the_same_alone_and_in_a_batch(name: str) -> None:
+    case = CASES[name]
+    rng = np.random.default_rng(11)
+    model = FAMILIES[case.family].build(case.weights(rng), case.hyperparameters)
+    sessions = rng.integers(0, N_ITEMS, size=(4, 5))
+    together = model.initial_state(4)
+    alone = [model.initial_state(1) for _ in range(4)]
+    for position in range(sessions.shape[1]):
+        together = model.step(together, sessions[:, position])
+        alone = [model.step(state, sessions[row : row + 1, position]) for row, state in enumerate(alone)]
+    np.testing.assert_allclose(together, np.concatenate(alone), atol=1e-6)
 
 
 def test_gru_step_matches_the_gru_equations() -> None:
@@ -44,3 +96,12 @@ def test_gru_step_matches_the_gru_equations() -> None:
     np.testing.assert_allclose(gru_step(x, h, w_ih, w_hh, b_ih, b_hh), expected, atol=1e-12)
     got_tf = gru_step_tf(*(tf.constant(a) for a in (x, h, w_ih, w_hh, b_ih, b_hh))).numpy()
     np.testing.assert_allclose(got_tf, expected, atol=1e-12)
+
+
+def test_the_interface_example_runs() -> None:
+    import doctest
+
+    import modelkit.family
+
+    result = doctest.testmod(modelkit.family)
+    assert result.attempted > 0 and result.failed == 0

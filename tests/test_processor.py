@@ -7,28 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelkit.artifact import load_artifact, write_artifact
-from modelkit.gru4rec import GRU4RecNumpy, initial_weights
-from modelkit.item_index import ItemIndex
-from schemas import ClickEvent, ModelManifest, Prediction
-from schemas.manifest import TrainingWindow
+from modelkit.artifact import load_artifact
+from offline.evaluate import ModelScorer
+from schemas import ClickEvent, Prediction
 from stream_worker.processor import Click, process_batch
 from stream_worker.serving import ServingModel, top_k
 from stream_worker.session_state import SessionState, StateDecodeError, item_hash
+from tests.support.artifacts import random_artifact
 
 N_ITEMS, HIDDEN = 40, 8
 
 
 def _model(tmp_path: Path, version: str = "v1", seed: int = 0) -> ServingModel:
-    rng = np.random.default_rng(seed)
-    weights = {k: (v + rng.normal(0, 0.5, v.shape)).astype(np.float32)
-               for k, v in initial_weights(N_ITEMS, (HIDDEN,), seed).items()}
-    manifest = ModelManifest(
-        version=version, created_at=0.0, training_window=TrainingWindow(start=0.0, end=1.0), data_digest="0" * 64,
-        hyperparameters={"layers": [HIDDEN]}, n_items=N_ITEMS, hidden_size=HIDDEN, n_layers=1,
-    )
-    index = ItemIndex([f"i{n}" for n in range(N_ITEMS)])
-    path = write_artifact(tmp_path, manifest, weights, index, np.arange(N_ITEMS)[::-1].copy(), make_current=False)
+    path = random_artifact(tmp_path, version, items=N_ITEMS, layers=(HIDDEN,), seed=seed, noise=0.5, make_current=False)
     return ServingModel(load_artifact(path))
 
 
@@ -39,13 +30,13 @@ def _click(session: str, item: str, offset: int, event_id: str | None = None, at
 
 
 def test_state_codec_round_trip_and_refusal() -> None:
-    state = SessionState("v1", np.arange(16, dtype=np.float32).reshape(2, 8), [1, 2**64 - 1], 41, 7, 12.5, 3, 2,
+    state = SessionState("v1", np.arange(16, dtype=np.float32), [1, 2**64 - 1], 41, 7, 12.5, 3, 2,
                          np.array([5, 2**32 - 1], np.uint32), np.array([0.5, -1.0], np.float32))
     data = state.encode()
     back = SessionState.decode(data)
     assert back.ring == [1, 2**64 - 1] and back.last_offset == 41 and back.known_count == 2
     assert back.last_top.tolist() == [5, 2**32 - 1] and back.last_scores.tolist() == [0.5, -1.0]
-    np.testing.assert_array_equal(back.hidden, state.hidden)
+    np.testing.assert_array_equal(back.model_state, state.model_state)
     assert len(data) == 40 + 2 + 16 + 16 + 64  # header + version + ring + top-k + hidden
     for broken in (data[:-1], b"\x07" + data[1:], b""):
         with pytest.raises(StateDecodeError):
@@ -59,7 +50,7 @@ def test_top_k_orders_by_score_then_index() -> None:
 
 def test_predictions_match_offline_scores_for_any_batch_split(tmp_path: Path) -> None:
     model = _model(tmp_path)
-    offline = GRU4RecNumpy(load_artifact(model.artifact_path).weights)
+    offline = ModelScorer(load_artifact(model.artifact_path).model())
     rng = np.random.default_rng(1)
     sessions = {f"s{n}": rng.integers(0, N_ITEMS, size=rng.integers(1, 7)).tolist() for n in range(12)}
     offsets = iter(range(10_000))
@@ -93,7 +84,7 @@ def test_duplicates_unknown_items_and_popularity_fallback(tmp_path: Path) -> Non
     state = first.states["a"]
     prediction = Prediction.model_validate_json(first.predictions[0][1])
     assert prediction.path == "popularity" and prediction.items == ["i0", "i1", "i2"]  # most clicked first
-    assert state.known_count == 0 and state.event_count == 1 and np.all(state.hidden == 0)
+    assert state.known_count == 0 and state.event_count == 1 and np.all(state.model_state == 0)
     assert state.ring == [item_hash("new-item")]
     again = process_batch(
         model, {"a": [_click("a", "new-item", 5, "e5"), _click("a", "new-item", 6, "e5", at=1005.0),
@@ -113,7 +104,7 @@ def test_model_change_recomputes_state_from_ring(tmp_path: Path) -> None:
     on_new = process_batch(new, {"a": [_click("a", "i7", 10)]}, {"a": state}, k=5, ring_size=50, received_at=0.0)
     fresh = process_batch(new, {"a": [*clicks, _click("a", "i7", 10)]}, {}, k=5, ring_size=50, received_at=0.0)
     assert on_new.recomputed == 1 and on_new.states["a"].model_version == "v2"
-    np.testing.assert_allclose(on_new.states["a"].hidden, fresh.states["a"].hidden, atol=1e-6)
+    np.testing.assert_allclose(on_new.states["a"].model_state, fresh.states["a"].model_state, atol=1e-6)
     assert on_new.predictions[-1][1].split(b'"scores"')[0] == fresh.predictions[-1][1].split(b'"scores"')[0]
 
 
@@ -128,7 +119,7 @@ def test_online_ranks_answer_the_previous_prediction_within_and_across_batches(t
         out = process_batch(model, {"a": [click]}, {"a": state}, k=N_ITEMS, ring_size=50, received_at=0.0)
         ranks += out.ranks
         state = SessionState.decode(out.states["a"].encode())
-    offline = GRU4RecNumpy(load_artifact(model.artifact_path).weights)
+    offline = ModelScorer(load_artifact(model.artifact_path).model())
     offline.reset(1)
     expected = []
     for current, following in zip(items, items[1:], strict=False):

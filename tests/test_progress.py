@@ -14,7 +14,7 @@ from stream_worker.progress import (
     encode_progress,
     plan_partition,
 )
-from stream_worker.tail import Record
+from stream_worker.record import Record
 
 
 def record(offset: int) -> Record:

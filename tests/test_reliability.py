@@ -1,4 +1,4 @@
-"""Reliability: crash recovery, scale-out, broker outages (slow; they drive the bench/ scenarios at a smaller size)
+"""Reliability: crash recovery, scale-out, broker outages (slow; the tests/support scenarios bench/ runs, smaller)
 and quick checks of bounded sizes, artifact safety and the Kafka security settings passthrough."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,22 +15,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-
-from crash_recovery import run_crash_recovery, train_model, workload  # noqa: E402
-
-from modelkit.artifact import ArtifactError, load_artifact  # noqa: E402
-from schemas import ClickEvent, DeadLetter, ModelManifest, Prediction  # noqa: E402
-from schemas.events import MAX_ID_LENGTH  # noqa: E402
-from stream_worker.model_holder import ModelHolder  # noqa: E402
-from stream_worker.progress import PROGRESS_KEY, decode_progress  # noqa: E402
-from stream_worker.replay import produce_raw  # noqa: E402
-from stream_worker.session_state import SessionState, item_hash  # noqa: E402
-from stream_worker.settings import WorkerSettings  # noqa: E402
-from stream_worker.tail import read_topic  # noqa: E402
-from tests.streaming import WorkerProcess  # noqa: E402
-from tests.test_fuzz import publish_model  # noqa: E402
+from modelkit.artifact import ArtifactError, load_artifact
+from schemas import ClickEvent, DeadLetter, ModelManifest, Prediction
+from schemas.events import MAX_ID_LENGTH
+from stream_worker.model_holder import ModelHolder
+from stream_worker.progress import PROGRESS_KEY, decode_progress
+from stream_worker.replay import produce_raw
+from stream_worker.session_state import SessionState, item_hash
+from stream_worker.settings import WorkerSettings
+from stream_worker.tail import read_topic
+from tests.support.artifacts import random_artifact, train_model
+from tests.support.crash import run_crash_recovery
+from tests.support.streaming import WorkerProcess
+from tests.support.workloads import workload
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +40,7 @@ def rsc15_models(tmp_path_factory: pytest.TempPathFactory, rsc15_dir: Path) -> P
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("small-models")
-    publish_model(directory, "rel-v1")
+    random_artifact(directory, "rel-v1", noise=0.5)
     return directory
 
 
@@ -71,7 +67,7 @@ def test_sigkill_loop_loses_nothing_and_ends_in_the_fault_free_state(
 def test_scale_out_failover_rebalance_and_model_swap(
     broker: Any, rsc15_models: Path, rsc15_dir: Path, tmp_path: Path
 ) -> None:
-    from scale_out import run_scale_out
+    from tests.support.scale import run_scale_out
 
     report = run_scale_out(broker.bootstrap, rsc15_models, tmp_path, workload(12_000, rsc15_dir), rate=300.0,
                            standby_replicas=1, phase_s=8.0, log=lambda _: None)
@@ -85,8 +81,9 @@ def test_scale_out_failover_rebalance_and_model_swap(
 
 
 @pytest.mark.slow
+@pytest.mark.broker  # its own tansu, on moto's S3
 def test_broker_outage_with_durable_storage_is_survived(rsc15_models: Path, rsc15_dir: Path, tmp_path: Path) -> None:
-    from broker_faults import MotoServer, Tansu, find_moto_server, run_outage
+    from tests.support.outage import MotoServer, Tansu, find_moto_server, run_outage
 
     executable = find_moto_server()
     if executable is None:
@@ -106,6 +103,7 @@ def test_broker_outage_with_durable_storage_is_survived(rsc15_models: Path, rsc1
 
 
 @pytest.mark.slow
+@pytest.mark.broker  # its own tansu
 def test_memory_broker_restart_loses_everything_and_needs_a_fresh_data_dir(
     small_models: Path, tmp_path: Path
 ) -> None:
@@ -113,9 +111,8 @@ def test_memory_broker_restart_loses_everything_and_needs_a_fresh_data_dir(
     while the worker's RocksDB still holds offsets the new broker never had. Observed outcomes: Faust's recovery
     raises ConsistencyError and the worker exits 1, or (no rebalance) the worker stays up with fetch positions
     past the end of the recreated topic and consumes nothing. Either way a fresh data dir is the way out."""
-    from broker_faults import Tansu
-
     from stream_worker.tail import end_offsets
+    from tests.support.outage import Tansu
 
     broker = Tansu("memory://tansu/", tmp_path / "tansu.log").start()
     data_dir = tmp_path / "rocksdb"

@@ -16,27 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelkit.artifact import ArtifactError, current_version, list_versions, load_artifact, write_artifact
-from modelkit.gru4rec import initial_weights
-from modelkit.item_index import ItemIndex
+from modelkit.artifact import ArtifactError, current_version, load_artifact
+from modelkit.registry import REJECTED_DIR, RetrainError, apply_retention, list_versions, rollback
 from offline.cleaning import SECONDS_PER_DAY, clean
 from offline.hyperparams import GRU4RecParams
 from offline.pipeline import data_digest
-from offline.retrain import (
-    REJECTED_DIR,
-    CycleLoop,
-    FileSource,
-    RetrainError,
-    TopicSource,
-    apply_retention,
-    gate_decision,
-    prepare_window,
-    retrain_cycle,
-    rollback,
-)
+from offline.retrain import CycleLoop, FileSource, TopicSource, gate_decision, prepare_window, retrain_cycle
 from schemas import ModelManifest
-from schemas.manifest import TrainingWindow
 from streamrec.cli import main
+from tests.support.artifacts import random_artifact
 
 T0 = 1_700_000_000.0
 PARAMS = GRU4RecParams(layers=(16,), batch_size=16, n_sample=64, n_epochs=2, steps_per_call=16, seed=1)
@@ -192,12 +180,8 @@ def test_gate_decision_rule() -> None:
 
 
 def _version(models: Path, name: str, created: float, directory: Path | None = None) -> None:
-    manifest = ModelManifest(
-        version=name, created_at=created, training_window=TrainingWindow(start=0.0, end=1.0), data_digest="0" * 64,
-        hyperparameters={"layers": [4]}, n_items=3, hidden_size=4, n_layers=1,
-    )
-    write_artifact(directory or models, manifest, initial_weights(3, (4,), 0), ItemIndex(["a", "b", "c"]),
-                   np.ones(3, np.int64), make_current=False)
+    random_artifact(directory or models, name, items=["a", "b", "c"], layers=(4,), popularity=np.ones(3, np.int64),
+                    created_at=created, make_current=False)
 
 
 def test_retention_keeps_the_newest_current_and_the_one_it_replaced(tmp_path: Path) -> None:
@@ -333,6 +317,7 @@ def test_cli_retrain_from_topic_publishes_a_model_update(
 ) -> None:
     from stream_worker.replay import replay_events
     from stream_worker.tail import read_topic
+    from stream_worker.topic_reader import click_window_reader
 
     topic, updates = f"clicks-{uuid.uuid4().hex[:8]}", f"updates-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("STREAMREC_MODEL_UPDATES_TOPIC", updates)
@@ -350,7 +335,7 @@ def test_cli_retrain_from_topic_publishes_a_model_update(
     assert ModelManifest.model_validate_json(messages[0].value) == load_artifact(models / "current").manifest
 
     # Same source object through the API, windowed by `now`: only the first two days are read.
-    source = TopicSource(broker.bootstrap, topic, progress=False)
+    source = TopicSource(topic, click_window_reader(broker.bootstrap, progress=False))
     with pytest.raises(ValueError, match="no click events"):
         retrain_cycle(source, models, PARAMS, window_days=2.0, now=T0 - 10 * SECONDS_PER_DAY)
 

@@ -14,13 +14,15 @@ import pandas as pd
 
 from offline.hyperparams import GRU4RecParams
 from offline.loaders import load_events
-from offline.retrain import TopicSource, kafka_publisher, retrain_cycle
+from offline.retrain import TopicSource, retrain_cycle
 from schemas import OnlineMetrics
 from stream_worker.broker import create_topics
+from stream_worker.model_updates import kafka_publisher
 from stream_worker.online_metrics import summary
 from stream_worker.replay import replay_events
 from stream_worker.tail import read_topic
-from tests.streaming import WorkerProcess
+from stream_worker.topic_reader import click_window_reader
+from tests.support.streaming import WorkerProcess
 
 DAY = 86_400.0
 QUICK = GRU4RecParams(n_epochs=2)
@@ -34,8 +36,9 @@ def _by_day(frame: pd.DataFrame) -> list[pd.DataFrame]:
 
 def _cycle(worker: WorkerProcess, models: Path, bootstrap: str, params: GRU4RecParams, days: float) -> Any:
     return retrain_cycle(
-        TopicSource(bootstrap, worker.topic("clicks"), progress=False), models, params, window_days=days,
-        gate_days=1.0, publish=kafka_publisher(bootstrap, worker.topic("model_updates")), progress=False,
+        TopicSource(worker.topic("clicks"), click_window_reader(bootstrap, progress=False)), models, params,
+        window_days=days, gate_days=1.0, publish=kafka_publisher(bootstrap, worker.topic("model_updates")),
+        progress=False,
     )
 
 

@@ -9,10 +9,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from offline.topic_reader import TopicReadError, _start_offsets, newest_event_timestamp, read_click_window
 from schemas import ClickEvent
 from stream_worker.broker import create_topics
 from stream_worker.tail import end_offsets
+from stream_worker.topic_reader import TopicReadError, _start_offsets, newest_event_timestamp, read_click_window
 
 T0 = 1_700_000_000.0
 N_EVENTS = 200

@@ -12,11 +12,11 @@ from modelkit.artifact import load_artifact
 from modelkit.gru4rec import GRU4RecNumpy
 from modelkit.item_index import ItemIndex
 from offline.baselines import PopularityScorer
-from offline.evaluate import evaluate
+from offline.evaluate import ModelScorer, evaluate
 from offline.hyperparams import GRU4RecParams
 from offline.pipeline import evaluate_artifact, to_sessions, train_version
 from offline.train import GRU4RecTrainer, item_counts
-from tests.conftest import synthetic_sessions
+from tests.support.workloads import synthetic_sessions
 
 SMALL = dict(layers=(32,), batch_size=16, n_sample=64, n_epochs=3, steps_per_call=16)
 
@@ -37,7 +37,7 @@ def test_gru4rec_learns_the_chain_and_beats_popularity(loss: str) -> None:
     report = trainer.fit(train, progress=False)
     assert report.epoch_losses[-1] < report.epoch_losses[0]
     assert report.events == 3 * int((train.lengths - 1).sum())
-    model = evaluate(GRU4RecNumpy(trainer.weights()), test)
+    model = evaluate(ModelScorer(GRU4RecNumpy(trainer.weights())), test)
     popularity = evaluate(PopularityScorer(train, len(index)), test)
     assert model["recall@5"] > 0.6 > popularity["recall@5"] + 0.3
 

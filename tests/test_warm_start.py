@@ -8,14 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelkit.artifact import ModelArtifact, expected_shapes, load_artifact, write_artifact
-from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, GRU4RecNumpy, initial_weights, layer_weight_names
+from modelkit.artifact import ModelArtifact, load_artifact
+from modelkit.gru4rec import (
+    WEIGHT_BIAS,
+    WEIGHT_EMBEDDING,
+    GRU4RecNumpy,
+    initial_weights,
+    layer_weight_names,
+    weight_shapes,
+)
 from modelkit.item_index import ItemIndex
+from offline.evaluate import ModelScorer
 from offline.hyperparams import GRU4RecParams
 from offline.pipeline import to_sessions
 from offline.warm_start import CatalogueChange, catalogue_change, warm_start_index, warm_start_weights
-from schemas import ModelManifest
-from schemas.manifest import TrainingWindow
+from tests.support.artifacts import random_artifact
 
 LAYERS = (8,)
 OLD_ITEMS = [f"old{i}" for i in range(6)]
@@ -24,15 +31,9 @@ OLD_ITEMS = [f"old{i}" for i in range(6)]
 @pytest.fixture()
 def previous(tmp_path: Path) -> ModelArtifact:
     """A 'trained' version: random weights, non-zero biases, so copies can be told from fresh rows."""
-    rng = np.random.default_rng(3)
-    weights = initial_weights(len(OLD_ITEMS), LAYERS, seed=11)
-    weights = {name: (array + rng.normal(0, 0.3, array.shape)).astype(np.float32) for name, array in weights.items()}
-    manifest = ModelManifest(
-        version="v1", created_at=1.0, training_window=TrainingWindow(start=0.0, end=1.0), data_digest="0" * 64,
-        hyperparameters=GRU4RecParams(layers=LAYERS).flat(), n_items=len(OLD_ITEMS), hidden_size=LAYERS[-1],
-        n_layers=len(LAYERS),
-    )
-    path = write_artifact(tmp_path, manifest, weights, ItemIndex(OLD_ITEMS), np.arange(len(OLD_ITEMS)))
+    path = random_artifact(tmp_path, "v1", items=OLD_ITEMS, layers=LAYERS, seed=11, noise=0.3, noise_seed=3,
+                           popularity=np.arange(len(OLD_ITEMS)), hyperparameters=GRU4RecParams(layers=LAYERS).flat(),
+                           created_at=1.0)
     return load_artifact(path)
 
 
@@ -52,7 +53,8 @@ def test_old_rows_survive_bit_exactly_and_new_items_get_fresh_rows(previous: Mod
     index = warm_start_index(previous.item_index, ["old4", "new0", "old1", "new1", "old0"])
     weights = warm_start_weights(previous, index, params, seed=7)
 
-    assert {k: v.shape for k, v in weights.items()} == expected_shapes(len(index), LAYERS[-1], list(LAYERS))
+    shapes = weight_shapes(len(index), LAYERS[-1], len(LAYERS), {"layers": list(LAYERS)})
+    assert {k: v.shape for k, v in weights.items()} == shapes
     assert all(v.dtype == np.float32 for v in weights.values())
     old = previous.weights
     for item in ("old0", "old1", "old4"):
@@ -70,7 +72,7 @@ def test_old_rows_survive_bit_exactly_and_new_items_get_fresh_rows(previous: Mod
     assert len(index) == 5  # old2, old3 and old5 (absent from the window) are gone
 
     # The warm-started model scores known items exactly as the previous one did.
-    before, after = GRU4RecNumpy(old), GRU4RecNumpy(weights)
+    before, after = ModelScorer(GRU4RecNumpy(old)), ModelScorer(GRU4RecNumpy(weights))
     before.reset(1)
     after.reset(1)
     rows = np.zeros(1, np.int64)

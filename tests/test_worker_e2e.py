@@ -27,7 +27,8 @@ from stream_worker.processor import Click, process_batch
 from stream_worker.replay import click_messages, event_id, produce_raw, time_ordered
 from stream_worker.serving import ServingModel
 from stream_worker.tail import read_topic
-from tests.streaming import WorkerProcess, online_ranks, predictions_by_event, same_ranking
+from tests.support.checks import same_ranking
+from tests.support.streaming import WorkerProcess, online_ranks, predictions_by_event
 
 QUICK = GRU4RecParams(n_epochs=2)
 

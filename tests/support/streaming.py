@@ -1,19 +1,22 @@
-"""Test helpers for the streaming tests: a worker subprocess and online metrics from the predictions topic."""
+"""The worker as a subprocess (start, /stats, signals), its resources, and online metrics from its predictions."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from stream_worker.broker import free_port
 
@@ -43,6 +46,7 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def topic(self, name: str) -> str:
+        """This worker's name of a topic setting, e.g. ``topic("clicks")``."""
         return self.env[f"STREAMREC_{name.upper()}_TOPIC"]
 
     def start(self, timeout: float = 90.0) -> WorkerProcess:
@@ -82,7 +86,9 @@ class WorkerProcess:
                 self.process.wait(10)
         return int(self.process.returncode)
 
-    def wait_until(self, condition: Any, timeout: float = 60.0, what: str = "condition") -> dict[str, Any]:
+    def wait_until(self, condition: Callable[[dict[str, Any]], bool], timeout: float = 60.0,
+                   what: str = "condition") -> dict[str, Any]:
+        """Poll /stats until ``condition(stats)`` holds; the stats that satisfied it."""
         deadline = time.monotonic() + timeout
         stats: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -96,6 +102,48 @@ class WorkerProcess:
         raise TimeoutError(f"{what} not reached within {timeout} s; last stats {stats}; log {self.log_path}")
 
 
+class StatsWatcher:
+    """Polls a worker's /stats in a thread; keeps the last answer (the only one left after a SIGKILL)."""
+
+    def __init__(self, worker: WorkerProcess, interval_s: float = 0.5) -> None:
+        self.worker = worker
+        self.last: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            with contextlib.suppress(OSError):
+                self.last = self.worker.stats()
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.last
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (/proc/PID/status VmRSS); 0 when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def du_bytes(path: Path) -> int:
+    """Bytes of all regular files under ``path`` (what ``du --apparent-size`` would say)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 def predictions_by_event(records: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
     """Prediction JSON objects grouped by event id (duplicates kept, in topic order)."""
     grouped: dict[str, list[dict[str, Any]]] = {}
@@ -106,7 +154,7 @@ def predictions_by_event(records: Iterable[Any]) -> dict[str, list[dict[str, Any
 
 
 def online_ranks(
-    predictions: dict[str, list[dict[str, Any]]], frame: Any, event_id_of: Any
+    predictions: dict[str, list[dict[str, Any]]], frame: pd.DataFrame, event_id_of: Callable[[Any, int], str]
 ) -> np.ndarray:
     """Rank of each next click within the prediction made after the previous click (0 = not in the top-k).
 
@@ -122,18 +170,3 @@ def online_ranks(
             target = items[position + 1]
             ranks.append(sum(s >= listed[target] for s in listed.values()) if target in listed else 0)
     return np.array(ranks)
-
-
-def same_ranking(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-4) -> bool:
-    """Same prediction up to float noise: same version and path, scores agree, and items may only swap where
-    their scores are within ``tol`` (matrix products over different batch compositions differ in the last bits)."""
-    if got["model_version"] != want["model_version"] or got["path"] != want["path"]:
-        return False
-    if got["items"] == want["items"]:
-        return bool(np.allclose(got["scores"], want["scores"], atol=tol))
-    if not np.allclose(got["scores"], want["scores"], atol=tol):
-        return False
-    wanted = dict(zip(want["items"], want["scores"], strict=True))
-    cutoff = want["scores"][-1]
-    return all(abs(wanted[i] - s) <= tol if i in wanted else abs(s - cutoff) <= tol
-               for i, s in zip(got["items"], got["scores"], strict=True))

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -140,6 +140,35 @@ def newest_event_timestamp(config: ClientTarget, topic: str, tail_records: int =
             report.partitions[p] = PartitionRead(p, begins[p], start, ends[p], "tail")
         columns = _read_partitions(consumer, tps, report, False, 30.0)
     return max(columns["timestamp"]) if columns["timestamp"] else None
+
+
+WindowReader = Callable[[str, float, float | None], tuple[pd.DataFrame, ReadReport]]
+"""(topic, window_s, now) -> the window's events and the read report: see ``click_window_reader``."""
+
+
+def read_recent_clicks(
+    config: ClientTarget, topic: str, window_s: float, now: float | None = None, progress: bool = True
+) -> tuple[pd.DataFrame, ReadReport]:
+    """Events of the ``window_s`` seconds up to ``now`` (included), or up to the topic's newest event time.
+
+    Without ``now`` the window starts ``window_s`` before ``newest_event_timestamp`` and has no end; raises
+    TopicReadError when the topic holds no valid click event.
+    """
+    if now is not None:
+        end_ts = math.nextafter(now, math.inf)  # the window includes ``now``
+        return read_click_window(config, topic, now - window_s, end_ts, progress=progress)
+    newest = newest_event_timestamp(config, topic)
+    if newest is None:
+        raise TopicReadError(f"topic {topic!r} has no valid click events")
+    return read_click_window(config, topic, newest - window_s, math.inf, progress=progress)
+
+
+def click_window_reader(config: ClientTarget, progress: bool = True) -> WindowReader:
+    """A reader for ``offline.retrain.TopicSource``: ``read(topic, window_s, now)`` = ``read_recent_clicks``."""
+    def read(topic: str, window_s: float, now: float | None) -> tuple[pd.DataFrame, ReadReport]:
+        return read_recent_clicks(config, topic, window_s, now, progress=progress)
+
+    return read
 
 
 # ------------------------------------------------------------------------------------------------- internals

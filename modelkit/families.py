@@ -1,0 +1,18 @@
+"""The model families an artifact may name in its manifest (``model_family``), by name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from modelkit import gru4rec
+from modelkit.family import Family
+
+FAMILIES: Mapping[str, Family] = MappingProxyType({gru4rec.FAMILY.name: gru4rec.FAMILY})
+
+
+def family_named(name: str) -> Family:
+    """The family called ``name``; ValueError names the known ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
+    return FAMILIES[name]

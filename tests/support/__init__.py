@@ -1,0 +1,1 @@
+"""Helpers the tests and the benchmarks share, each written once (artifacts, workloads, workers, topics, checks)."""
