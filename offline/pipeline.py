@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from modelkit.artifact import ModelArtifact, write_artifact
-from modelkit.gru4rec import GRU4RecNumpy
+from modelkit.families import family_named
+from modelkit.family import SessionModel
 from modelkit.item_index import ItemIndex
 from modelkit.registry import new_version_name
 from offline.baselines import PopularityScorer, SequentialRulesScorer, VSKNNScorer
@@ -22,7 +23,7 @@ from offline.evaluate import ModelScorer, evaluate
 from offline.hyperparams import GRU4RecParams
 from offline.session_arrays import SessionArrays
 from schemas import ModelManifest
-from schemas.manifest import GateValue, TrainingWindow
+from schemas.manifest import GateValue, HyperValue, TrainingWindow
 
 if TYPE_CHECKING:
     from offline.train import TrainingReport
@@ -71,12 +72,18 @@ def data_digest(frame: pd.DataFrame) -> str:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """The outcome of one training run: weights over ``item_index``, training clicks per item, the report."""
+    """The outcome of one training run: a family's weights over ``item_index``, training clicks per item, the report."""
 
+    family: str
+    hyperparameters: dict[str, HyperValue]
     weights: dict[str, np.ndarray]
     item_index: ItemIndex
     counts: np.ndarray  # (n_items,) training clicks per item index (the artifact's popularity)
     report: TrainingReport
+
+    def model(self) -> SessionModel:
+        """The NumPy model of these weights, as the artifact will load it (for evaluation)."""
+        return family_named(self.family).build(self.weights, self.hyperparameters)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -103,7 +110,7 @@ def train_model(
     counts = item_counts(sessions, len(item_index))
     trainer = GRU4RecTrainer(params, counts, initial=initial)
     report = trainer.fit(sessions, progress=progress)
-    return TrainedModel(trainer.weights(), item_index, counts, report)
+    return TrainedModel(trainer.family, params.flat(), trainer.weights(), item_index, counts, report)
 
 
 def build_manifest(
@@ -123,7 +130,8 @@ def build_manifest(
             start=float(train_frame["timestamp"].min()), end=float(train_frame["timestamp"].max())
         ),
         data_digest=data_digest(train_frame),
-        hyperparameters=params.flat(),
+        model_family=model.family,
+        hyperparameters=model.hyperparameters,
         n_items=len(model.item_index),
         hidden_size=params.hidden_size,
         n_layers=len(params.layers),
@@ -147,7 +155,7 @@ def train_version(
     metrics = model.metrics
     if valid_frame is not None:
         valid = restrict_to_catalogue(valid_frame, model.item_index)
-        valid_metrics = evaluate(ModelScorer(GRU4RecNumpy(model.weights)), valid.sessions)
+        valid_metrics = evaluate(ModelScorer(model.model()), valid.sessions)
         metrics.update({f"valid_{k}": v for k, v in valid_metrics.items()})
     manifest = build_manifest(train_frame, params, model, metrics)
     path = write_artifact(models_dir, manifest, model.weights, model.item_index, model.counts)

@@ -128,7 +128,7 @@ def retrain_cycle(
         timings["train"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        scores = gate_metrics(prepared.gate, model.weights, index, current)
+        scores = gate_metrics(prepared.gate, model.model(), index, current)
         candidate_metrics, current_metrics = scores.candidate, scores.current
         accepted, reason = gate_decision(candidate_metrics, current_metrics, margin)
         timings["gate"] = time.perf_counter() - mark

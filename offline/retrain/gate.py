@@ -6,11 +6,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from modelkit.artifact import ModelArtifact
-from modelkit.gru4rec import GRU4RecNumpy
+from modelkit.family import SessionModel
 from modelkit.item_index import ItemIndex
 from offline.cleaning import drop_short_sessions, restrict_to_items
 from offline.evaluate import ModelScorer, evaluate
@@ -35,7 +34,7 @@ class GateMetrics:
 
 
 def gate_metrics(
-    gate: pd.DataFrame, weights: dict[str, np.ndarray], index: ItemIndex, current: ModelArtifact | None
+    gate: pd.DataFrame, candidate_model: SessionModel, index: ItemIndex, current: ModelArtifact | None
 ) -> GateMetrics:
     """Candidate and ``current`` on the same gate events: those whose items ``current`` knows too.
 
@@ -43,12 +42,12 @@ def gate_metrics(
     seen, so both are compared on the gate events of known items (sessions left with fewer than 2 events
     dropped); the candidate is also scored on the whole gate set, new items included (``candidate_full``).
     """
-    full = evaluate(ModelScorer(GRU4RecNumpy(weights)), to_sessions(gate, index))
+    full = evaluate(ModelScorer(candidate_model), to_sessions(gate, index))
     if current is None:
         return GateMetrics(full, None, full, len(gate))
     common, _ = restrict_to_items(gate, pd.Index(current.item_index.ids.tolist(), dtype="str"))
     common, _ = drop_short_sessions(common, 2)
-    candidate = evaluate(ModelScorer(GRU4RecNumpy(weights)), to_sessions(common, index))
+    candidate = evaluate(ModelScorer(candidate_model), to_sessions(common, index))
     known = evaluate(ModelScorer(current.model()), to_sessions(common, current.item_index))
     return GateMetrics(candidate, known, full, len(common))
 
