@@ -1,9 +1,10 @@
-"""Shared driver of the quality benchmarks: baselines and GRU4REC trained and evaluated on one split."""
+"""Shared driver of the quality benchmarks: baselines, GRU4REC and SASRec trained and evaluated on one split."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -11,28 +12,53 @@ import pandas as pd
 from modelkit.artifact import load_artifact
 from offline.hyperparams import XE_REFERENCE, GRU4RecParams
 from offline.pipeline import evaluate_artifact, evaluate_baselines, train_version
+from offline.protocols import NEXT_CLICK, EvalProtocol
+from offline.sasrec_params import BCE_RECIPE, SASRecParams
 
 COLUMNS = ("recall@10", "recall@20", "mrr@10", "mrr@20")
+MODELS: dict[str, GRU4RecParams | SASRecParams] = {
+    "gru4rec-xe": XE_REFERENCE,
+    "gru4rec-bprmax": GRU4RecParams(),  # the GRU4REC default
+    "sasrec-bce": BCE_RECIPE,  # the seed notebook's recipe
+    "sasrec": SASRecParams(),  # the SASRec default
+}
 
 
-def run(train: pd.DataFrame, test: pd.DataFrame, title: str, progress: bool = False) -> dict[str, dict[str, float]]:
-    """Print one table (baselines, GRU4REC-XE, GRU4REC-BPR-max) and return all rows."""
+def run(train: pd.DataFrame, test: pd.DataFrame, title: str, progress: bool = False,
+        protocol: EvalProtocol = NEXT_CLICK, columns: tuple[str, ...] = COLUMNS) -> dict[str, dict[str, float]]:
+    """Print one table (baselines, then every model of MODELS trained on ``train``) and return all rows."""
+    return run_protocols(train, test, title, (protocol,), progress, columns)[0]
+
+
+def run_protocols(train: pd.DataFrame, test: pd.DataFrame, title: str, protocols: Sequence[EvalProtocol],
+                  progress: bool = False, columns: tuple[str, ...] = COLUMNS) -> list[dict[str, dict[str, float]]]:
+    """Train every model of MODELS once on ``train``, then print one table per evaluation protocol."""
     logging.basicConfig(level=logging.WARNING)
-    rows, kept = evaluate_baselines(train, test)
-    gru_configs = {"gru4rec-xe": XE_REFERENCE, "gru4rec-bprmax": GRU4RecParams()}
+    tables = [evaluate_baselines(train, test, protocol) for protocol in protocols]
+    results = [rows for rows, _ in tables]
     with tempfile.TemporaryDirectory() as models_dir:
-        for name, params in gru_configs.items():
+        for name, params in MODELS.items():
             path, report, _ = train_version(train, params, Path(models_dir), progress=progress)
-            metrics, _ = evaluate_artifact(load_artifact(path), test, train)
-            metrics["train_seconds"] = report.seconds
-            metrics["train_events_per_s"] = report.events_per_s
-            rows[name] = metrics
-    print(f"{title}: {len(train)} training events, {int(rows['pop']['n_predictions'])} test predictions "
-          f"({kept.dropped_events} test events dropped: unseen items / short sessions)")
-    print(f"{'model':<16}" + "".join(f"{c:>11}" for c in COLUMNS) + f"{'train s':>10}{'train ev/s':>12}")
+            artifact = load_artifact(path)
+            for rows, protocol in zip(results, protocols, strict=True):
+                metrics, _ = evaluate_artifact(artifact, test, train, protocol)
+                metrics["train_seconds"] = report.seconds
+                metrics["train_events_per_s"] = report.events_per_s
+                rows[name] = metrics
+    for (rows, kept), protocol in zip(tables, protocols, strict=True):
+        if protocol.sampled:
+            print(protocol.sampled_header())
+        print(f"{title} ({protocol.describe()}): {len(train)} training events, {int(rows['pop']['n_predictions'])} "
+              f"test predictions ({kept.dropped_events} test events dropped: unseen items / short sessions)")
+        print_table(rows, columns)
+    return results
+
+
+def print_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> None:
+    """One row per model: the metric columns, training (or fitting) seconds and training events/s."""
+    print(f"{'model':<16}" + "".join(f"{c:>11}" for c in columns) + f"{'train s':>10}{'train ev/s':>12}")
     for name, metrics in rows.items():
         seconds = metrics.get("train_seconds", metrics.get("fit_seconds", 0.0))
         speed = metrics.get("train_events_per_s")
-        print(f"{name:<16}" + "".join(f"{metrics[c]:>11.4f}" for c in COLUMNS)
+        print(f"{name:<16}" + "".join(f"{metrics[c]:>11.4f}" for c in columns)
               + f"{seconds:>10.1f}" + (f"{speed:>12.0f}" if speed else f"{'-':>12}"))
-    return rows

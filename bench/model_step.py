@@ -1,4 +1,5 @@
-"""Microbenchmark of the serving model step: µs per event for GRU step + full scoring + top-k, by batch size."""
+"""Microbenchmark of the serving model step: µs per event for the model step + full scoring + top-k, by batch size,
+for GRU4REC and SASRec (random weights, written and loaded as real artifacts)."""
 
 from __future__ import annotations
 
@@ -13,52 +14,128 @@ import numpy as np
 from modelkit.artifact import load_artifact
 from stream_worker.serving import ServingModel
 from tests.support.artifacts import random_artifact
+from tests.support.workloads import RSC15_DIR
+
+N_ITEMS, BATCHES = (3_000, 40_000), (1, 64, 512)
 
 
-def serving_model(n_items: int, hidden: int, models_dir: Path) -> ServingModel:
+def serving_model(n_items: int, hidden: int, models_dir: Path, family: str = "gru4rec", n_layers: int = 1,
+                  max_len: int = 50, n_heads: int = 1) -> ServingModel:
     """A random model of the given size, written and loaded as a real artifact."""
-    path = random_artifact(models_dir, f"bench-{n_items}", items=[str(i) for i in range(n_items)], layers=(hidden,),
-                           popularity=np.ones(n_items, np.int64), window=(0.0, 0.0), make_current=False)
+    path = random_artifact(models_dir, f"bench-{family}-{n_items}", family=family,
+                           items=[str(i) for i in range(n_items)], layers=(hidden,) * n_layers, max_len=max_len,
+                           n_heads=n_heads, popularity=np.ones(n_items, np.int64), window=(0.0, 0.0),
+                           make_current=False)
     return ServingModel(load_artifact(path))
 
 
-def per_event_us(n_items: int, batch: int, hidden: int, k: int, seconds: float) -> tuple[float, float]:
-    """(µs per event for step + score + top-k, µs per event for the GRU step alone)."""
-    with tempfile.TemporaryDirectory() as models_dir:
-        model = serving_model(n_items, hidden, Path(models_dir))
+def per_event_us(model: ServingModel, batch: int, k: int, seconds: float, before: np.ndarray | None = None,
+                 repeats: int = 1) -> tuple[float, float]:
+    """(µs per event for step + score + top-k, µs per event for the model step alone), each the best of
+    ``repeats`` measurements of ``seconds`` (a shared machine's other jobs only ever slow a measurement down).
+
+    Without ``before`` the states are carried from click to click from the initial state (a GRU4REC state
+    does not grow; a SASRec window fills up after max_len clicks: warm it up first). With ``before``
+    (n_batches, batch, state_size), batch ``i`` steps ``before[i % n_batches]``: sessions of a given length.
+    """
     rng = np.random.default_rng(0)
     state = np.repeat(model.initial_state()[None, :], batch, axis=0)  # (batch, state_size)
-    items = rng.integers(0, n_items, size=(256, batch))
-    timings = []
-    for full in (True, False):
-        events, started, i = 0, time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
-            state = model.step(state, items[i % 256])
-            if full:
-                model.recommend(state, k)
-            events += batch
-            i += 1
-        timings.append((time.perf_counter() - started) / events * 1e6)
+    items = rng.integers(0, len(model.item_ids), size=(256, batch))
+    timings = [np.inf, np.inf]
+    for _ in range(repeats):
+        for slot, full in enumerate((True, False)):
+            events, started, i = 0, time.perf_counter(), 0
+            while time.perf_counter() - started < seconds:
+                stepped = model.step(state if before is None else before[i % len(before)], items[i % 256])
+                if full:
+                    model.recommend(stepped, k)
+                if before is None:
+                    state = stepped
+                events += batch
+                i += 1
+            timings[slot] = min(timings[slot], (time.perf_counter() - started) / events * 1e6)
     return timings[0], timings[1]
+
+
+def gru4rec_us(n_items: int, batch: int, hidden: int, k: int, seconds: float, repeats: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as models_dir:
+        model = serving_model(n_items, hidden, Path(models_dir))
+    return per_event_us(model, batch, k, seconds, repeats=repeats)
+
+
+def window_lengths(max_len: int) -> np.ndarray | None:
+    """Clicks in a session's window at each click of the YOOCHOOSE sample (train_full), or None without it."""
+    path = RSC15_DIR / "yoochoose-clicks-100k_train_full.txt"
+    if not path.is_file():
+        return None
+    from offline.loaders import load_events
+
+    frame = load_events(path, "session-tsv")
+    return np.minimum(frame.groupby("session_id").cumcount().to_numpy() + 1, max_len)
+
+
+def windows_before(model: ServingModel, batch: int, lengths: np.ndarray, n_batches: int = 64) -> np.ndarray:
+    """SASRec windows (n_batches, batch, max_len) holding ``length - 1`` clicks each, lengths drawn from ``lengths``:
+    the states before clicks whose windows then hold ``length`` clicks."""
+    rng = np.random.default_rng(1)
+    max_len = model.network.state_size
+    drawn = rng.choice(lengths, size=(n_batches, batch)) - 1
+    windows = rng.integers(1, len(model.item_ids) + 1, size=(n_batches, batch, max_len)).astype(np.float32)
+    windows[np.arange(max_len) < max_len - drawn[..., None]] = 0.0
+    return windows
+
+
+def sasrec_table(args: argparse.Namespace, gru: dict[tuple[int, int], float]) -> None:
+    """SASRec beside GRU4REC: full windows (every session >= max_len clicks) and YOOCHOOSE window lengths."""
+    lengths = window_lengths(args.max_len)
+    print(f"\nSASRec: max_len {args.max_len}, hidden {args.sasrec_hidden}, {args.blocks} blocks, {args.heads} "
+          f"head(s); us per event (step + score + top-{args.k}); GRU4REC ({args.hidden} units) from above")
+    if lengths is not None:
+        print(f"YOOCHOOSE windows: clicks in the window at each click of train_full (mean {lengths.mean():.1f})")
+    print(f"{'items':>7}{'batch':>7}{'full win':>11}{'YOOCHOOSE':>11}{'GRU4REC':>11}{'full/GRU':>10}{'YC/GRU':>9}")
+    figures = []
+    for n_items in N_ITEMS:
+        with tempfile.TemporaryDirectory() as models_dir:
+            model = serving_model(n_items, args.sasrec_hidden, Path(models_dir), "sasrec", args.blocks,
+                                  args.max_len, args.heads)
+        for batch in BATCHES:
+            full_windows = windows_before(model, batch, np.full(1, args.max_len + 1))  # full after the click too
+            full, _ = per_event_us(model, batch, args.k, args.seconds, full_windows, args.repeats)
+            real = (per_event_us(model, batch, args.k, args.seconds, windows_before(model, batch, lengths),
+                                 args.repeats)[0] if lengths is not None else float("nan"))
+            base = gru[(n_items, batch)]
+            print(f"{n_items:>7}{batch:>7}{full:>11.1f}{real:>11.1f}{base:>11.1f}{full / base:>10.1f}"
+                  f"{real / base:>9.1f}")
+            figures.append(f"sasrec_us_{n_items // 1000}k_b{batch}_full={full:.1f}")
+            figures.append(f"sasrec_us_{n_items // 1000}k_b{batch}_yoochoose={real:.1f}")
+    print(" ".join(figures))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--hidden", type=int, default=100)
+    parser.add_argument("--hidden", type=int, default=100, help="GRU4REC units")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    parser.add_argument("--repeats", type=int, default=1, help="report the best of this many measurements")
+    parser.add_argument("--sasrec-hidden", type=int, default=64)
+    parser.add_argument("--blocks", type=int, default=2, help="SASRec blocks")
+    parser.add_argument("--heads", type=int, default=1, help="SASRec attention heads")
+    parser.add_argument("--max-len", type=int, default=50, help="SASRec window")
+    parser.add_argument("--no-sasrec", action="store_true", help="GRU4REC only")
     args = parser.parse_args()
     print(f"{'items':>7}{'batch':>7}{'us/event':>11}{'step only':>11}{'events/s':>11}")
     results = {}
-    for n_items in (3_000, 40_000):
-        for batch in (1, 64, 512):
-            full, step = per_event_us(n_items, batch, args.hidden, args.k, args.seconds)
+    for n_items in N_ITEMS:
+        for batch in BATCHES:
+            full, step = gru4rec_us(n_items, batch, args.hidden, args.k, args.seconds, args.repeats)
             results[(n_items, batch)] = full
             print(f"{n_items:>7}{batch:>7}{full:>11.1f}{step:>11.1f}{1e6 / full:>11.0f}")
     # Baseline in the same run: batch 1 (one event at a time) against batching at 64 and 512.
     print(" ".join(
         f"us_per_event_{n // 1000}k_b{b}={results[(n, b)]:.1f}" for n, b in sorted(results)
     ) + f" speedup_3k_b64_vs_b1={results[(3000, 1)] / results[(3000, 64)]:.1f}")
+    if not args.no_sasrec:
+        sasrec_table(args, results)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from modelkit import gru4rec
+from modelkit import gru4rec, sasrec
 from modelkit.family import Family
 
-FAMILIES: Mapping[str, Family] = MappingProxyType({gru4rec.FAMILY.name: gru4rec.FAMILY})
+FAMILIES: Mapping[str, Family] = MappingProxyType({family.name: family for family in (gru4rec.FAMILY, sasrec.FAMILY)})
 
 
 def family_named(name: str) -> Family:

@@ -1,4 +1,4 @@
-"""Recursive session/item filtering and the GRU4Rec-style time split of canonical event frames."""
+"""Recursive session/item filtering, the GRU4Rec-style time split and the leave-one-out split of event frames."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ logger = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86400.0
 MIN_EVAL_SESSION_LENGTH = 2  # a valid/test session needs at least one next click to predict
+MIN_HELD_OUT_LENGTH = 3  # leave-one-out: a sequence needs 1 training event besides its valid and test targets
 
 
 def clean(frame: pd.DataFrame, min_session_length: int = 2, min_item_support: int = 5) -> pd.DataFrame:
     """Drop sessions shorter than ``min_session_length`` events and items with fewer than ``min_item_support``
     clicks, repeatedly, until neither rule removes anything. Surviving rows keep their order; index reset.
+    A threshold of 0 (or 1) disables its rule, so both at 0 keep an already-preprocessed file as it is.
     """
-    if min_session_length < 1 or min_item_support < 1:
-        raise ValueError("min_session_length and min_item_support must be at least 1")
+    if min_session_length < 0 or min_item_support < 0:
+        raise ValueError("min_session_length and min_item_support must be >= 0 (0 disables the rule)")
     session_codes, session_ids = pd.factorize(frame["session_id"])
     item_codes, item_ids = pd.factorize(frame["item_id"])
     keep = np.ones(len(frame), dtype=bool)
@@ -145,4 +147,81 @@ def time_split(frame: pd.DataFrame, test_days: float = 1.0, valid_days: float = 
         dropped_short_test=short_test,
     )
     logger.info("time split: %s", split.counts())
+    return split
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Train/valid/test sequences of a leave-one-out split (each session or user is one sequence).
+
+    A sequence of n >= ``min_length`` events is held out: ``train`` gets its first n - 2 events, ``valid``
+    its first n - 1 (the last of them is the validation target), ``test`` all n (the last is the test
+    target), ``train_full`` its first n - 1 (train plus the validation target, for the final training
+    run). Shorter sequences are whole in ``train`` and ``train_full`` and absent from ``valid`` and ``test``.
+    ``*_targets_unseen`` count held-out targets whose item never occurs in ``train``: a model trained on it
+    does not know them, so the evaluation drops those sequences.
+    """
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    train_full: pd.DataFrame
+    min_length: int
+    held_out_sequences: int
+    train_only_sequences: int
+    valid_targets_unseen: int
+    test_targets_unseen: int
+
+    def counts(self) -> dict[str, int]:
+        """Events/sequences per part, the sequences held out or kept whole in train, unseen targets."""
+        result: dict[str, int] = {}
+        for name in ("train", "valid", "test", "train_full"):
+            part: pd.DataFrame = getattr(self, name)
+            result[f"{name}_events"] = len(part)
+            result[f"{name}_sequences"] = int(part["session_id"].nunique())
+        result["held_out_sequences"] = self.held_out_sequences
+        result["train_only_sequences"] = self.train_only_sequences
+        result["valid_targets_unseen"] = self.valid_targets_unseen
+        result["test_targets_unseen"] = self.test_targets_unseen
+        return result
+
+
+def leave_one_out_split(frame: pd.DataFrame, min_length: int = MIN_HELD_OUT_LENGTH) -> LeaveOneOut:
+    """SASRec/BERT4Rec protocol: hold out each sequence's last event for test and the one before for valid.
+
+    A sequence is a session (a user for user-sequence input); its events are ordered by time, equal times
+    keeping the frame order (as session-tsv files and SessionArrays order them). Sequences shorter than
+    ``min_length`` (at least 3) stay whole in train. Every part keeps the input row order.
+    """
+    if min_length < MIN_HELD_OUT_LENGTH:
+        raise ValueError(f"min_length must be at least {MIN_HELD_OUT_LENGTH}, got {min_length}")
+    n = len(frame)
+    codes, uniques = pd.factorize(frame["session_id"])
+    order = np.lexsort((np.arange(n), frame["timestamp"].to_numpy(dtype=np.float64), codes))
+    lengths = np.bincount(codes, minlength=len(uniques))
+    sorted_codes = codes[order]
+    first_of_sequence = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)  # in sorted order
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n) - first_of_sequence[sorted_codes]
+    from_end = lengths[codes] - 1 - position  # 0 = the sequence's last event
+    held_out = lengths[codes] >= min_length
+    train = frame[~held_out | (from_end >= 2)].reset_index(drop=True)
+    train_full = frame[~held_out | (from_end >= 1)].reset_index(drop=True)
+    valid = frame[held_out & (from_end >= 1)].reset_index(drop=True)
+    test = frame[held_out].reset_index(drop=True)
+    valid_targets = frame["item_id"][held_out & (from_end == 1)]
+    test_targets = frame["item_id"][held_out & (from_end == 0)]
+    train_items = pd.Index(pd.unique(train["item_id"]))
+    split = LeaveOneOut(
+        train=train,
+        valid=valid,
+        test=test,
+        train_full=train_full,
+        min_length=min_length,
+        held_out_sequences=int((lengths >= min_length).sum()),
+        train_only_sequences=int(((lengths > 0) & (lengths < min_length)).sum()),
+        valid_targets_unseen=int((~valid_targets.isin(train_items)).sum()),
+        test_targets_unseen=int((~test_targets.isin(train_items)).sum()),
+    )
+    logger.info("leave-one-out split: %s", split.counts())
     return split

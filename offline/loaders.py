@@ -23,7 +23,8 @@ from schemas.events import MAX_TIMESTAMP
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("yoochoose", "session-tsv", "movielens", "goodreads")
+FORMATS = ("yoochoose", "session-tsv", "movielens", "goodreads", "user-sequence")
+USER_FORMATS = ("movielens", "goodreads", "user-sequence")  # formats whose events carry a user_id
 EVENT_COLUMNS = ("session_id", "item_id", "timestamp")
 SESSION_TSV_HEADER = ("SessionId", "ItemId", "Time")
 ML_100K = "ml-100k"  # special ``path`` for load_events(..., "movielens"): RecBole's bundled ml-100k.inter
@@ -59,23 +60,39 @@ def movielens_100k_path() -> Path:
 
 
 def load_events(
-    path: str | Path, fmt: str, *, session_gap_s: float = 3600.0, min_rating: float | None = None
+    path: str | Path,
+    fmt: str,
+    *,
+    session_gap_s: float = 3600.0,
+    min_rating: float | None = None,
+    min_user_events: int = 0,
 ) -> pd.DataFrame:
     """Read ``path`` in format ``fmt`` (one of FORMATS) into the canonical event frame.
 
     Columns: ``session_id`` (str), ``item_id`` (str), ``timestamp`` (float64 epoch seconds, UTC), plus
-    ``user_id`` (str) and ``rating`` (float64) for movielens and goodreads. Rows keep their input order
-    (yoochoose, session-tsv); user-based formats are filtered by ``min_rating`` (events without a rating
-    are dropped when it is set), then cut into sessions at inactivity gaps longer than ``session_gap_s``
-    and come out sorted by (user, time, input order). The path "ml-100k" with fmt "movielens" means the
-    copy bundled with recbole. Raises DataFormatError for unreadable or malformed input.
+    ``user_id`` (str) for the USER_FORMATS and ``rating`` (float64) for movielens and goodreads. Rows keep
+    their input order (yoochoose, session-tsv, user-sequence). movielens and goodreads are filtered by
+    ``min_rating`` (events without a rating are dropped when it is set), then by ``min_user_events`` (users
+    with fewer events left are dropped; 0 keeps everyone), then cut into sessions at inactivity gaps longer
+    than ``session_gap_s`` (``math.inf``: one session per user, named by the user id) and come out sorted by
+    (user, time, input order). user-sequence (``user item`` lines, each user's lines in time order) has no
+    times: an event's timestamp is its line number, and each user is one session (``session_gap_s`` does
+    not apply); ``min_user_events`` is then the minimum sequence length. The path "ml-100k" with fmt
+    "movielens" means the copy bundled with recbole. Raises DataFormatError for unreadable or malformed
+    input.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if not (_is_number(str(session_gap_s)) and float(session_gap_s) > 0):
+    gap_text = str(session_gap_s)
+    gap = math.inf if gap_text == "inf" else float(gap_text) if _is_number(gap_text) else 0.0
+    if gap <= 0:
         raise ValueError(f"session_gap_s must be a positive number of seconds, got {session_gap_s!r}")
     if min_rating is not None and fmt not in ("movielens", "goodreads"):
         raise ValueError(f"min_rating applies only to formats with ratings (movielens, goodreads), not {fmt}")
+    if isinstance(min_user_events, bool) or not isinstance(min_user_events, int) or min_user_events < 0:
+        raise ValueError(f"min_user_events must be a whole number >= 0, got {min_user_events!r}")
+    if min_user_events and fmt not in USER_FORMATS:
+        raise ValueError(f"min_user_events applies only to formats with users ({', '.join(USER_FORMATS)}), not {fmt}")
     if fmt == "movielens" and str(path) == ML_100K:
         path = movielens_100k_path()
     path = Path(path)
@@ -84,6 +101,8 @@ def load_events(
         frame = _load_yoochoose(path, compression)
     elif fmt == "session-tsv":
         frame = _load_session_tsv(path, compression)
+    elif fmt == "user-sequence":
+        frame = _drop_small_users(path, _load_user_sequence(path, compression), min_user_events)
     else:
         loader = _load_movielens if fmt == "movielens" else _load_goodreads
         frame = loader(path, compression)
@@ -92,7 +111,8 @@ def load_events(
             frame = frame[frame["rating"].to_numpy() >= min_rating].reset_index(drop=True)
             dropped = before - len(frame)
             logger.info("%s: dropped %d of %d events rated below %s", path, dropped, before, min_rating)
-        frame = sessionize(frame, session_gap_s)
+        frame = _drop_small_users(path, frame, min_user_events)
+        frame = _whole_users(frame) if math.isinf(gap) else sessionize(frame, gap)
     logger.info(
         "%s: loaded %d events, %d sessions, %d items (%s)",
         path,
@@ -251,7 +271,57 @@ def _load_goodreads(path: Path, compression: Compression) -> pd.DataFrame:
     )
 
 
+def _load_user_sequence(path: Path, compression: Compression) -> pd.DataFrame:
+    """``user item`` lines separated by whitespace, no header; the line number stands in for the time."""
+    users: list[str] = []
+    items: list[str] = []
+    line_numbers: list[int] = []
+    for number, text in _numbered_lines(path, compression):
+        fields = text.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            problem = f"expected 2 fields (user item, separated by whitespace), found {len(fields)}: {_show(text)}"
+            raise DataFormatError(path, problem, number)
+        users.append(fields[0])
+        items.append(fields[1])
+        line_numbers.append(number)
+    if not line_numbers:
+        raise DataFormatError(path, "no events (the file holds only blank lines)")
+    user_series = pd.Series(users, dtype="str")
+    return _canonical(
+        user_series, pd.Series(items, dtype="str"), np.asarray(line_numbers, dtype=np.float64), user_series
+    )
+
+
 # --------------------------------------------------------------------------------------------------- helpers
+
+
+def _drop_small_users(path: Path, frame: pd.DataFrame, min_events: int) -> pd.DataFrame:
+    """Rows of users with at least ``min_events`` events (order kept); 0 keeps every row."""
+    if min_events <= 0:
+        return frame
+    sizes = frame.groupby("user_id", sort=False)["user_id"].transform("size").to_numpy()
+    keep = sizes >= min_events
+    logger.info(
+        "%s: dropped %d of %d users with fewer than %d events (%d events)",
+        path,
+        frame.loc[~keep, "user_id"].nunique(),
+        frame["user_id"].nunique(),
+        min_events,
+        int((~keep).sum()),
+    )
+    return frame[keep].reset_index(drop=True)
+
+
+def _whole_users(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each user's events as one session named by the user id, sorted by (user, time, input order)."""
+    n = len(frame)
+    user_codes, _ = pd.factorize(frame["user_id"].astype("str"), sort=True)
+    order = np.lexsort((np.arange(n), frame["timestamp"].to_numpy(dtype=np.float64), user_codes))
+    result = frame.iloc[order].reset_index(drop=True)
+    result["session_id"] = result["user_id"].astype("str")
+    return result[["session_id", *[c for c in result.columns if c != "session_id"]]]
 
 
 def _canonical(

@@ -21,14 +21,19 @@ from modelkit.registry import new_version_name
 from offline.baselines import PopularityScorer, SequentialRulesScorer, VSKNNScorer
 from offline.evaluate import ModelScorer, evaluate
 from offline.hyperparams import GRU4RecParams
+from offline.protocols import NEXT_CLICK, EvalProtocol, last_item_sessions
+from offline.sasrec_params import SASRecParams
 from offline.session_arrays import SessionArrays
 from schemas import ModelManifest
 from schemas.manifest import GateValue, HyperValue, TrainingWindow
 
 if TYPE_CHECKING:
     from offline.train import TrainingReport
+    from offline.trainable import Trainer
 
 log = logging.getLogger(__name__)
+
+TrainingParams = GRU4RecParams | SASRecParams  # the family is the params' type
 
 
 @dataclass(frozen=True)
@@ -93,29 +98,35 @@ class TrainedModel:
 
 def train_model(
     train_frame: pd.DataFrame,
-    params: GRU4RecParams,
+    params: TrainingParams,
     item_index: ItemIndex,
     initial: dict[str, np.ndarray] | None = None,
     progress: bool = True,
 ) -> TrainedModel:
-    """Train GRU4REC on ``train_frame`` over ``item_index``, from ``initial`` weights (warm start) or from scratch.
+    """Train the family of ``params`` (GRU4RecParams: GRU4REC, SASRecParams: SASRec) on ``train_frame`` over
+    ``item_index``, from ``initial`` weights (warm start) or from scratch.
 
     The one training call of ``streamrec train`` and of a retrain cycle.
     """
-    from offline.train import GRU4RecTrainer, item_counts  # TensorFlow is only needed here
+    from offline.sasrec_train import SASRecTrainer  # TensorFlow is only needed here
+    from offline.train import GRU4RecTrainer, item_counts
 
     sessions = to_sessions(train_frame, item_index)
     if not (sessions.lengths >= 2).any():
         raise ValueError("the training data has no session with at least 2 events")
     counts = item_counts(sessions, len(item_index))
-    trainer = GRU4RecTrainer(params, counts, initial=initial)
+    trainer: Trainer
+    if isinstance(params, SASRecParams):
+        trainer = SASRecTrainer(params, counts, initial=initial)
+    else:
+        trainer = GRU4RecTrainer(params, counts, initial=initial)
     report = trainer.fit(sessions, progress=progress)
     return TrainedModel(trainer.family, params.flat(), trainer.weights(), item_index, counts, report)
 
 
 def build_manifest(
     train_frame: pd.DataFrame,
-    params: GRU4RecParams,
+    params: TrainingParams,
     model: TrainedModel,
     metrics: Mapping[str, float],
     *,
@@ -134,7 +145,7 @@ def build_manifest(
         hyperparameters=model.hyperparameters,
         n_items=len(model.item_index),
         hidden_size=params.hidden_size,
-        n_layers=len(params.layers),
+        n_layers=params.n_blocks if isinstance(params, SASRecParams) else len(params.layers),
         metrics={**model.metrics, **metrics},
         parent_version=parent_version,
         gate=gate,
@@ -143,12 +154,13 @@ def build_manifest(
 
 def train_version(
     train_frame: pd.DataFrame,
-    params: GRU4RecParams,
+    params: TrainingParams,
     models_dir: Path,
     valid_frame: pd.DataFrame | None = None,
     progress: bool = True,
 ) -> tuple[Path, TrainingReport, dict[str, float]]:
-    """Train GRU4REC on ``train_frame``, evaluate on ``valid_frame`` if given, publish a new current version."""
+    """Train the family of ``params`` on ``train_frame``, evaluate on ``valid_frame`` if given, publish a new
+    current version."""
     if len(train_frame) == 0:
         raise ValueError("the training data has no events")
     model = train_model(train_frame, params, ItemIndex.from_events(train_frame["item_id"]), progress=progress)
@@ -163,32 +175,53 @@ def train_version(
     return path, model.report, metrics
 
 
+def _protocol_eval_set(
+    frame: pd.DataFrame, item_index: ItemIndex, allowed: set[str] | None, protocol: EvalProtocol
+) -> EvalSet:
+    """The test sessions ``protocol`` ranks: for next-click as ``restrict_to_catalogue``; for last-item the
+    sessions whose last event is in the catalogue (and ``allowed``), without their other unknown events.
+    """
+    if protocol.targets == "next-click":
+        return restrict_to_catalogue(frame, item_index, allowed)
+    mask = None if allowed is None else pd.Series(item_index.ids, dtype=object).isin(allowed).to_numpy()
+    sessions = last_item_sessions(to_sessions(frame, item_index), mask)
+    return EvalSet(
+        sessions,
+        dropped_events=int(len(frame) - sessions.n_events),
+        dropped_sessions=int(frame["session_id"].nunique() - sessions.n_sessions),
+    )
+
+
 def evaluate_artifact(
-    artifact: ModelArtifact, test_frame: pd.DataFrame, train_frame: pd.DataFrame | None = None
+    artifact: ModelArtifact,
+    test_frame: pd.DataFrame,
+    train_frame: pd.DataFrame | None = None,
+    protocol: EvalProtocol = NEXT_CLICK,
 ) -> tuple[dict[str, float], EvalSet]:
-    """Metrics of a model version on ``test_frame``, scored against its whole catalogue.
+    """Metrics of a model version on ``test_frame`` under ``protocol`` (default: every next click, full ranking).
 
     Test events of items outside the model's catalogue (and, with ``train_frame``, of items absent from that
-    training data, so baselines and model see the same events) are dropped and counted.
+    training data, so baselines and model see the same events) are dropped and counted; under last-item, a
+    session whose last item is unknown is dropped whole.
     """
     allowed = None if train_frame is None else set(train_frame["item_id"].tolist())
-    test = restrict_to_catalogue(test_frame, artifact.item_index, allowed)
-    return evaluate(ModelScorer(artifact.model()), test.sessions), test
+    test = _protocol_eval_set(test_frame, artifact.item_index, allowed, protocol)
+    return evaluate(ModelScorer(artifact.model()), test.sessions, protocol=protocol), test
 
 
 def evaluate_baselines(
-    train_frame: pd.DataFrame, test_frame: pd.DataFrame
+    train_frame: pd.DataFrame, test_frame: pd.DataFrame, protocol: EvalProtocol = NEXT_CLICK
 ) -> tuple[dict[str, dict[str, float]], EvalSet]:
-    """Metrics (and fit + evaluation seconds) of every baseline trained on ``train_frame``."""
+    """Metrics (and fit + evaluation seconds) of every baseline trained on ``train_frame``, under ``protocol``."""
     item_index = ItemIndex.from_events(train_frame["item_id"])
     train = to_sessions(train_frame, item_index)
-    test = restrict_to_catalogue(test_frame, item_index)
+    test = _protocol_eval_set(test_frame, item_index, None, protocol)
     results: dict[str, dict[str, float]] = {}
     for make in (PopularityScorer, SequentialRulesScorer, VSKNNScorer):
         started = time.perf_counter()
         scorer = make(train, len(item_index))
         fitted = time.perf_counter()
-        metrics = evaluate(scorer, test.sessions)
+        metrics = evaluate(scorer, test.sessions, protocol=protocol)
         metrics["fit_seconds"] = fitted - started
         metrics["eval_seconds"] = time.perf_counter() - fitted
         results[scorer.name] = metrics

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
+from modelkit import sasrec
 from modelkit.artifact import ModelArtifact
 from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, initial_weights, layer_weight_names
 from modelkit.item_index import ItemIndex
 from offline.hyperparams import GRU4RecParams
+from offline.sasrec_params import SASRecParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,3 +92,48 @@ def warm_start_weights(
         for name in layer_weight_names(layer):
             weights[name] = np.array(old[name], dtype=np.float32, copy=True)
     return weights
+
+
+def sasrec_warm_start_weights(
+    previous: ModelArtifact, new_index: ItemIndex, params: SASRecParams, seed: int
+) -> dict[str, np.ndarray] | None:
+    """Initial SASRec weights for ``new_index`` from the SASRec version ``previous``, or None (logged) when its
+    sizes differ from ``params`` (hidden size, max_len, blocks or heads): then the candidate trains from scratch.
+
+    Items present in both keep their embedding row bit-exactly; items unknown to ``previous`` get the rows a
+    from-scratch run with ``seed`` would give them; positions, blocks and the final norm are copied.
+    """
+    if len(new_index) == 0:
+        raise ValueError("cannot warm-start onto an empty item index")
+    old, hyper = previous.weights, previous.manifest.hyperparameters
+    before = (old[sasrec.WEIGHT_ITEMS].shape[1], hyper.get("max_len"), previous.manifest.n_layers, hyper.get("n_heads"))
+    wanted = (params.hidden_size, params.max_len, params.n_blocks, params.n_heads)
+    if before != wanted:
+        names = ("hidden size", "max_len", "blocks", "heads")
+        differences = ", ".join(f"{n} {b} -> {w}" for n, b, w in zip(names, before, wanted, strict=True) if b != w)
+        log.info("not warm-starting from %s (%s): training from scratch", previous.version, differences)
+        return None
+    weights = sasrec.initial_weights(len(new_index), params.hidden_size, params.n_blocks, params.max_len, seed)
+    rows = previous.item_index.lookup(new_index.ids)  # (n_new,) previous row or -1
+    known = rows >= 0
+    weights[sasrec.WEIGHT_ITEMS][known] = np.asarray(old[sasrec.WEIGHT_ITEMS], dtype=np.float32)[rows[known]]
+    for name in weights:
+        if name != sasrec.WEIGHT_ITEMS:
+            weights[name] = np.array(old[name], dtype=np.float32, copy=True)
+    return weights
+
+
+def warm_start_from(
+    previous: ModelArtifact, new_index: ItemIndex, params: GRU4RecParams | SASRecParams, seed: int
+) -> dict[str, np.ndarray] | None:
+    """Initial weights of a candidate of ``params``' family warm-started from ``previous``, or None (logged):
+    train from scratch, when ``previous`` is another family or (SASRec) has other sizes. A GRU4REC of other
+    layer sizes raises ValueError (see ``warm_start_weights``)."""
+    family = "sasrec" if isinstance(params, SASRecParams) else "gru4rec"
+    if previous.manifest.model_family != family:
+        log.info("not warm-starting from %s (a %s model) for a %s candidate: training from scratch",
+                 previous.version, previous.manifest.model_family, family)
+        return None
+    if isinstance(params, SASRecParams):
+        return sasrec_warm_start_weights(previous, new_index, params, seed)
+    return warm_start_weights(previous, new_index, params, seed)

@@ -101,8 +101,12 @@ def test_clean_defaults_and_validation() -> None:
     frame = events([*sessions, ("lonely", "a", 100.0), ("s9", "rare", 200.0), ("s9", "a", 201.0)])
     cleaned = clean(frame)  # min_session_length=2, min_item_support=5
     assert rows(cleaned) == sessions
+    assert rows(clean(frame, min_session_length=0, min_item_support=0)) == rows(frame)  # 0 disables both rules
+    lonely, s9 = ("lonely", "a", 100.0), [("s9", "rare", 200.0), ("s9", "a", 201.0)]
+    assert rows(clean(frame, min_session_length=0)) == [*sessions, lonely, s9[1]]  # only items filtered
+    assert rows(clean(frame, min_item_support=0)) == [*sessions, *s9]  # only sessions filtered
     with pytest.raises(ValueError):
-        clean(frame, min_session_length=0)
+        clean(frame, min_session_length=-1)
 
 
 def test_restrict_to_items_and_drop_short_sessions() -> None:

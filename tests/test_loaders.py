@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import math
 import time
 from pathlib import Path
 
@@ -331,6 +332,72 @@ def test_goodreads_malformed(tmp_path: Path, lines: list[str], line: int, fragme
     error = format_error(write(tmp_path / "g.json", "\n".join(lines) + "\n"), "goodreads")
     assert error.line == line
     assert fragment in str(error)
+
+
+# ------------------------------------------------------------------------------------------------ user-sequence
+
+
+def test_user_sequence(tmp_path: Path) -> None:
+    # whitespace of any kind, blank lines and CRLF; users interleaved (line order is the time order)
+    path = write(tmp_path / "ml-1m.txt", "1 10\n1\t11\r\n\n2  10\n1 12\n  2 13  \n")
+    frame = load_events(path, "user-sequence")
+    assert list(frame.columns) == ["session_id", "item_id", "timestamp", "user_id"]
+    assert_canonical(frame[["session_id", "item_id", "timestamp"]])
+    assert frame["session_id"].tolist() == frame["user_id"].tolist() == ["1", "1", "2", "1", "2"]
+    assert frame["item_id"].tolist() == ["10", "11", "10", "12", "13"]
+    assert frame["timestamp"].tolist() == [1.0, 2.0, 4.0, 5.0, 6.0]  # line numbers
+    # a user is one whole sequence: no cut at inactivity gaps, however short the gap
+    assert load_events(path, "user-sequence", session_gap_s=1.0)["session_id"].tolist() == ["1", "1", "2", "1", "2"]
+    packed = tmp_path / "seq.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    pd.testing.assert_frame_equal(load_events(packed, "user-sequence"), frame)
+    binary = tmp_path / "latin1.txt"
+    binary.write_bytes(b"1 10\n1 \xe9\n")
+    assert format_error(binary, "user-sequence").line == 2
+
+
+def test_user_sequence_min_user_events(tmp_path: Path) -> None:
+    path = write(tmp_path / "seq.txt", "a 1\na 2\nb 1\na 3\nb 2\nc 9\n")
+    assert load_events(path, "user-sequence", min_user_events=2)["user_id"].tolist() == ["a", "a", "b", "a", "b"]
+    assert load_events(path, "user-sequence", min_user_events=3)["item_id"].tolist() == ["1", "2", "3"]
+    assert load_events(path, "user-sequence", min_user_events=0).shape[0] == 6
+    with pytest.raises(ValueError, match="min_rating"):
+        load_events(path, "user-sequence", min_rating=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("1 10\n1 11 5\n", 2, "expected 2 fields (user item, separated by whitespace), found 3: '1 11 5'"),
+        ("1 10\n\n1\n", 3, "expected 2 fields"),
+        ("1,10\n", 1, "found 1"),
+        ("\n \n", None, "no events"),
+    ],
+)
+def test_user_sequence_malformed(tmp_path: Path, text: str, line: int | None, fragment: str) -> None:
+    error = format_error(write(tmp_path / "bad.txt", text), "user-sequence")
+    assert error.line == line
+    assert fragment in str(error)
+
+
+def test_min_user_events_before_sessionizing_and_whole_users(tmp_path: Path) -> None:
+    # user 1: 4 ratings in 2 sessions (gap 4000 s), one rated 1; user 2: 2 ratings
+    path = write(tmp_path / "ratings.dat", "1::10::5::1000\n1::11::4::1100\n1::12::1::5100\n1::13::5::5200\n"
+                                           "2::20::5::1000\n2::21::5::1010\n")  # fmt: skip
+    # counted per user before the cut into sessions: user 1's sessions of 2 events survive min_user_events=3
+    frame = load_events(path, "movielens", min_user_events=3)
+    assert frame["session_id"].tolist() == ["1:0", "1:0", "1:1", "1:1"]
+    # counted after min_rating: user 1 keeps 3 events, so min_user_events=4 drops everyone
+    assert load_events(path, "movielens", min_rating=4, min_user_events=3)["user_id"].unique().tolist() == ["1"]
+    assert load_events(path, "movielens", min_rating=4, min_user_events=4).empty
+    # an infinite gap keeps each user whole, named by the user id
+    whole = load_events(path, "movielens", session_gap_s=math.inf)
+    assert whole["session_id"].tolist() == ["1", "1", "1", "1", "2", "2"]
+    assert whole["item_id"].tolist() == ["10", "11", "12", "13", "20", "21"]
+    with pytest.raises(ValueError, match="min_user_events applies only to formats with users"):
+        load_events(path, "yoochoose", min_user_events=2)
+    with pytest.raises(ValueError, match="min_user_events must be"):
+        load_events(path, "movielens", min_user_events=-1)
 
 
 @pytest.mark.parametrize("stamp", ["1e300", "99999999999999999999999", "-1"])

@@ -8,7 +8,7 @@ import numpy as np
 
 from modelkit.item_index import ItemIndex
 from offline.evaluate import evaluation_ranks
-from offline.metrics import metrics_from_ranks, target_ranks
+from offline.metrics import metrics_from_ranks, sampled_ranks, target_ranks
 from offline.session_arrays import SessionArrays
 
 
@@ -23,6 +23,16 @@ def test_ties_count_against_the_target() -> None:
 
 def test_nan_target_ranks_last() -> None:
     assert target_ranks(np.array([[np.nan, 0.1, 0.2]]), np.array([0]))[0] == 3
+
+
+def test_sampled_ranks_by_hand() -> None:
+    scores = np.array([
+        [0.5, 0.9, 0.1, 0.5, 0.7],  # target 0 vs 1, 3, 2: 1 above, 3 tied -> rank 3 (item 4 not sampled)
+        [0.5, 0.9, 0.1, 0.5, 0.7],  # target 2 vs 4 and padding: rank 2 among 2 candidates
+        [np.nan, 0.9, 0.1, 0.5, 0.7],  # NaN target ranks last among its 3 candidates + itself
+    ])
+    negatives = np.array([[1, 3, 2], [4, -1, -1], [2, 3, 4]])
+    np.testing.assert_array_equal(sampled_ranks(scores, np.array([0, 2, 0]), negatives), [3, 2, 4])
 
 
 def test_metrics_by_hand() -> None:

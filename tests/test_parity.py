@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from modelkit import sasrec
 from modelkit.families import FAMILIES
 from modelkit.family import SessionModel
 from modelkit.gru4rec import gru_step, initial_weights
 from offline.model_tf import GRU4RecTF
 from offline.model_tf import gru_step as gru_step_tf
+from offline.sasrec_tf import SASRecTF
 from offline.trainable import TrainableModel
 
 N_ITEMS = 50
@@ -24,7 +26,7 @@ class FamilyCase:
     """One configuration of a family: random non-trivial weights, its hyperparameters, its TF definition."""
 
     family: str
-    hyperparameters: dict[str, list[int]]
+    hyperparameters: dict[str, int | list[int]]
     weights: Callable[[np.random.Generator], dict[str, np.ndarray]]
     tensorflow: Callable[[dict[str, np.ndarray]], TrainableModel]
 
@@ -36,9 +38,19 @@ def _gru4rec_weights(layers: tuple[int, ...]) -> Callable[[np.random.Generator],
     return weights
 
 
+def _sasrec_weights(hidden: int, blocks: int, max_len: int) -> Callable[[np.random.Generator], dict[str, np.ndarray]]:
+    def weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+        initial = sasrec.initial_weights(N_ITEMS, hidden, blocks, max_len, seed=3)
+        return {k: (v + rng.normal(0, 0.3, v.shape)).astype(np.float32) for k, v in initial.items()}  # norms != 1
+    return weights
+
+
 CASES = {
     "gru4rec-1-layer": FamilyCase("gru4rec", {"layers": [16]}, _gru4rec_weights((16,)), GRU4RecTF),
     "gru4rec-2-layers": FamilyCase("gru4rec", {"layers": [12, 12]}, _gru4rec_weights((12, 12)), GRU4RecTF),
+    # max_len 6 < 9 clicks: the window fills (empty slots masked) and then slides.
+    "sasrec-2-blocks-2-heads": FamilyCase("sasrec", {"max_len": 6, "n_heads": 2}, _sasrec_weights(16, 2, 6),
+                                          lambda weights: SASRecTF(weights, n_heads=2)),
 }
 
 

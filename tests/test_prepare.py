@@ -195,3 +195,114 @@ def test_prepare_movielens_style_input(tmp_path: Path) -> None:
     assert report["raw"]["n_users"] <= 39
     train = load_events(tmp_path / "ml" / "train.tsv", "session-tsv")
     assert train["session_id"].str.contains(":").all()
+
+
+# ------------------------------------------------------------------------------------------------ leave-one-out
+
+SEQUENCES = "u1 a\nu1 b\nu1 c\nu1 d\nu2 e\nu2 a\nu3 b\nu3 c\nu3 a\n"  # u2 is too short to hold anything out
+
+
+def tsv_rows(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "SessionId\tItemId\tTime"
+    return lines[1:]
+
+
+def test_leave_one_out_split_by_hand(tmp_path: Path) -> None:
+    source = tmp_path / "seq.txt"
+    source.write_text(SEQUENCES, encoding="utf-8")
+    out = tmp_path / "loo"
+    report = prepare(source, "user-sequence", out, split="leave-one-out", min_session_length=0, min_item_support=0)
+    assert {p.name for p in out.iterdir()} == OUTPUT_FILES
+    assert tsv_rows(out / "train.tsv") == ["u1\ta\t1.0", "u1\tb\t2.0", "u2\te\t5.0", "u2\ta\t6.0", "u3\tb\t7.0"]
+    assert tsv_rows(out / "valid.tsv") == ["u1\ta\t1.0", "u1\tb\t2.0", "u1\tc\t3.0", "u3\tb\t7.0", "u3\tc\t8.0"]
+    assert tsv_rows(out / "test.tsv") == [
+        "u1\ta\t1.0", "u1\tb\t2.0", "u1\tc\t3.0", "u1\td\t4.0", "u3\tb\t7.0", "u3\tc\t8.0", "u3\ta\t9.0"
+    ]  # fmt: skip
+    assert tsv_rows(out / "train_full.tsv") == [
+        "u1\ta\t1.0", "u1\tb\t2.0", "u1\tc\t3.0", "u2\te\t5.0", "u2\ta\t6.0", "u3\tb\t7.0", "u3\tc\t8.0"
+    ]  # fmt: skip
+    assert report["leave_one_out"] == {
+        "min_sequence_length": 3,
+        "held_out_sequences": 2,
+        "train_only_sequences": 1,
+        "valid_targets_unseen_in_train": 2,  # c (u1 and u3) is never in train
+        "test_targets_unseen_in_train": 1,  # d
+    }
+    parameters = report["parameters"]
+    assert parameters["split"] == "leave-one-out" and parameters["session_gap_s"] is None
+    assert "test_days" not in parameters and "boundaries" not in report
+    assert report["splits"]["test"]["n_sessions"] == 2 and report["cleaned"]["n_events"] == 9
+    assert json.loads((out / "stats.json").read_text()) == {k: v for k, v in report.items() if k != "out_dir"}
+
+
+def test_leave_one_out_orders_by_time_then_file_order(tmp_path: Path) -> None:
+    from offline.cleaning import leave_one_out_split
+
+    frame = pd.DataFrame({
+        "session_id": ["s", "t", "s", "s", "t", "s", "t"],
+        "item_id": ["late", "t1", "tie1", "first", "t2", "tie2", "t3"],
+        "timestamp": [9.0, 1.0, 5.0, 1.0, 2.0, 5.0, 3.0],
+    })  # fmt: skip
+    split = leave_one_out_split(frame)
+    assert split.train["item_id"].tolist() == ["t1", "tie1", "first"]  # input order kept; tie1 before tie2
+    assert split.valid["item_id"].tolist() == ["t1", "tie1", "first", "t2", "tie2"]
+    assert split.test["item_id"].tolist() == frame["item_id"].tolist()
+    assert split.counts()["test_sequences"] == 2
+    with pytest.raises(ValueError, match="at least 3"):
+        leave_one_out_split(frame, min_length=2)
+
+
+def test_prepare_leave_one_out_thresholds_and_errors(tmp_path: Path) -> None:
+    source = tmp_path / "seq.txt"
+    source.write_text(SEQUENCES, encoding="utf-8")
+    # the default cleaning (items with >= 5 events) leaves nothing of this tiny file
+    with pytest.raises(ValueError, match="no events left after cleaning"):
+        prepare(source, "user-sequence", tmp_path / "out", split="leave-one-out")
+    # min_user_events drops the short user before anything else, as --min-session-length would
+    report = prepare(source, "user-sequence", tmp_path / "out", split="leave-one-out", min_user_events=3,
+                     min_session_length=0, min_item_support=0)  # fmt: skip
+    assert report["raw"]["n_users"] == 2 and report["leave_one_out"]["train_only_sequences"] == 0
+    short = tmp_path / "short.txt"
+    short.write_text("u1 a\nu1 b\nu2 a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="holds out nothing"):
+        prepare(short, "user-sequence", tmp_path / "out2", split="leave-one-out", min_item_support=0)
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(ValueError, match="unknown split"):
+        prepare(source, "user-sequence", tmp_path / "out3", split="random")
+
+
+def test_prepare_leave_one_out_of_sessions(tmp_path: Path) -> None:
+    source = synthetic_clicks(tmp_path / "clicks.tsv")
+    out = tmp_path / "loo"
+    report = prepare(source, "session-tsv", out, split="leave-one-out")
+    cleaned = clean(load_events(source, "session-tsv"))
+    lengths = cleaned.groupby("session_id").size()
+    test = load_events(out / "test.tsv", "session-tsv")
+    valid = load_events(out / "valid.tsv", "session-tsv")
+    train = load_events(out / "train.tsv", "session-tsv")
+    assert set(test["session_id"]) == set(lengths[lengths >= 3].index) == set(valid["session_id"])
+    assert len(test) == lengths[lengths >= 3].sum() and len(valid) == len(test) - test["session_id"].nunique()
+    assert len(train) == len(cleaned) - 2 * test["session_id"].nunique()
+    assert report["leave_one_out"]["train_only_sequences"] == int((lengths < 3).sum())
+    # each test sequence is its valid sequence plus one last event, each valid its train part plus one
+    for sid, events in test.groupby("session_id"):
+        assert events["item_id"].tolist()[:-1] == valid[valid["session_id"] == sid]["item_id"].tolist()
+        assert events["item_id"].tolist()[:-2] == train[train["session_id"] == sid]["item_id"].tolist()
+
+
+def test_prepare_goodreads_users_with_ten_reviews(tmp_path: Path) -> None:
+    # the SASRec notebook's GoodReads: users with >= 10 reviews, each user one sequence, leave-one-out
+    records = []
+    for user, n_reviews in (("u1", 12), ("u2", 9), ("u3", 10)):
+        for k in range(n_reviews):  # days apart: a 1h session gap would cut every review into its own session
+            records.append({"user_id": user, "book_id": str(k % 6), "rating": 4, "timestamp": START + k * DAY})
+    source = tmp_path / "goodreads_reviews.json"
+    source.write_text("".join(json.dumps(record) + "\n" for record in records[::-1]), encoding="utf-8")
+    report = prepare(source, "goodreads", tmp_path / "gr", session_gap_s=float("inf"), min_user_events=10,
+                     min_session_length=0, min_item_support=0, split="leave-one-out")  # fmt: skip
+    assert report["parameters"]["min_user_events"] == 10 and report["parameters"]["session_gap_s"] is None
+    test = load_events(tmp_path / "gr" / "test.tsv", "session-tsv")
+    assert test.groupby("session_id").size().to_dict() == {"u1": 12, "u3": 10}
+    assert test.groupby("session_id")["item_id"].last().to_dict() == {"u1": "5", "u3": "3"}  # the newest review
+    assert report["leave_one_out"]["held_out_sequences"] == 2

@@ -365,3 +365,39 @@ def test_cli_errors_are_one_line_exit_2(
         raise SystemExit(main(argv))
     assert exit_info.value.code == 2
     assert fragment in _one_error_line(capsys)
+
+
+SASREC_TINY = ["--hidden", "8", "--blocks", "1", "--max-len", "8", "--heads", "1", "--epochs", "1",
+               "--batch-size", "32", "--valid-fraction", "0"]
+
+
+def test_cli_retrain_of_a_sasrec_current_stays_sasrec_warm_started(
+    first: tuple[Path, Any, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    random_artifact(models, "sasrec-v0", family="sasrec", items=40, layers=(8,), max_len=8, n_heads=1, seed=2)
+    argv = ["--no-progress", "retrain", "--input", str(first[2]), "--format", "session-tsv", "--out", str(models),
+            "--window-days", "4", "--margin", "1"]
+    assert main([*argv, "--layers", "8"]) == 2  # a gru4rec flag for a sasrec current: one line, nothing trained
+    assert "--layers applies to gru4rec, not sasrec" in _one_error_line(capsys)
+    assert main([*argv, "--json", *SASREC_TINY]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["family"] == "sasrec" and report["decision"] == "accepted"
+    assert report["parent_version"] == "sasrec-v0"  # same sizes: warm-started
+    manifest = load_artifact(models / "current").manifest
+    assert manifest.model_family == "sasrec" and manifest.version == report["version"]
+    assert (manifest.hidden_size, manifest.n_layers, manifest.hyperparameters["max_len"]) == (8, 1, 8)
+
+
+def test_a_cycle_of_another_family_than_current_trains_from_scratch(
+    first: tuple[Path, Any, Path], tmp_path: Path
+) -> None:
+    from offline.sasrec_params import SASRecParams
+
+    models = _copy(first[0], tmp_path)
+    params = SASRecParams(hidden_size=8, n_blocks=1, max_len=8, n_epochs=1, batch_size=32, valid_fraction=0.0)
+    report = retrain_cycle(FileSource((first[2],), "session-tsv"), models, params, window_days=4.0, margin=1.0,
+                           progress=False)
+    assert report.family == "sasrec" and report.parent_version is None and report.accepted
+    assert report.current_metrics is not None  # still gated against the gru4rec current
+    assert load_artifact(models / "current").manifest.model_family == "sasrec"

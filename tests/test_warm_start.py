@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from modelkit import sasrec
 from modelkit.artifact import ModelArtifact, load_artifact
 from modelkit.gru4rec import (
     WEIGHT_BIAS,
@@ -21,7 +23,14 @@ from modelkit.item_index import ItemIndex
 from offline.evaluate import ModelScorer
 from offline.hyperparams import GRU4RecParams
 from offline.pipeline import to_sessions
-from offline.warm_start import CatalogueChange, catalogue_change, warm_start_index, warm_start_weights
+from offline.sasrec_params import SASRecParams
+from offline.warm_start import (
+    CatalogueChange,
+    catalogue_change,
+    warm_start_from,
+    warm_start_index,
+    warm_start_weights,
+)
 from tests.support.artifacts import random_artifact
 
 LAYERS = (8,)
@@ -106,3 +115,62 @@ def test_refuses_different_layer_sizes(previous: ModelArtifact, layers: tuple[in
     with pytest.raises(ValueError, match=r"layers \[8\] differ") as error:
         warm_start_weights(previous, index, GRU4RecParams(layers=layers), seed=0)
     assert "\n" not in str(error.value)
+
+
+@pytest.fixture()
+def previous_sasrec(tmp_path: Path) -> ModelArtifact:
+    path = random_artifact(tmp_path, "s1", family="sasrec", items=OLD_ITEMS, layers=(8,), max_len=6, n_heads=2,
+                           seed=12, noise=0.3, noise_seed=4, created_at=1.0)
+    return load_artifact(path)
+
+
+SASREC = SASRecParams(hidden_size=8, n_blocks=1, max_len=6, n_heads=2)
+
+
+def test_sasrec_rows_carry_over_by_item_id_and_blocks_are_copied(previous_sasrec: ModelArtifact) -> None:
+    index = warm_start_index(previous_sasrec.item_index, ["old4", "new0", "old1", "new1", "old0"])
+    weights = warm_start_from(previous_sasrec, index, SASREC, seed=7)
+    assert weights is not None
+    assert {k: v.shape for k, v in weights.items()} == sasrec.weight_shapes(len(index), 8, 1, SASREC.flat())
+    old = previous_sasrec.weights
+    for item in ("old0", "old1", "old4"):
+        row, old_row = index.get(item), previous_sasrec.item_index.get(item)
+        assert np.array_equal(weights[sasrec.WEIGHT_ITEMS][row], old[sasrec.WEIGHT_ITEMS][old_row])
+    fresh = sasrec.initial_weights(len(index), 8, 1, 6, seed=7)
+    for row in (index.get("new0"), index.get("new1")):
+        assert np.array_equal(weights[sasrec.WEIGHT_ITEMS][row], fresh[sasrec.WEIGHT_ITEMS][row])
+    for name in old:
+        if name != sasrec.WEIGHT_ITEMS:
+            assert np.array_equal(weights[name], old[name]) and weights[name] is not old[name]
+    # The warm-started model scores known items exactly as the previous one did after the same clicks.
+    before, after = previous_sasrec.model(), sasrec.SASRecNumpy(weights, n_heads=2)
+    old_state, new_state = before.initial_state(1), after.initial_state(1)
+    for item in ("old4", "old1", "old0"):
+        old_state = before.step(old_state, np.array([previous_sasrec.item_index.get(item)]))
+        new_state = after.step(new_state, np.array([index.get(item)]))
+    old_scores, new_scores = before.scores(old_state), after.scores(new_state)
+    for known in ("old0", "old1", "old4"):
+        assert old_scores[0, previous_sasrec.item_index.get(known)] == new_scores[0, index.get(known)]
+
+
+@pytest.mark.parametrize(("change", "logged"), [
+    ({"hidden_size": 16}, "hidden size 8 -> 16"), ({"max_len": 10}, "max_len 6 -> 10"),
+    ({"n_blocks": 2}, "blocks 1 -> 2"), ({"n_heads": 1}, "heads 2 -> 1"),
+])
+def test_sasrec_of_other_sizes_trains_from_scratch_with_a_log_line(
+    previous_sasrec: ModelArtifact, caplog: pytest.LogCaptureFixture, change: dict[str, int], logged: str
+) -> None:
+    index = warm_start_index(previous_sasrec.item_index, ["old0", "new0"])
+    with caplog.at_level(logging.INFO, logger="offline.warm_start"):
+        assert warm_start_from(previous_sasrec, index, SASREC.model_copy(update=change), seed=0) is None
+    assert logged in caplog.text and "from scratch" in caplog.text
+
+
+def test_another_family_trains_from_scratch(previous: ModelArtifact, previous_sasrec: ModelArtifact,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="offline.warm_start"):
+        assert warm_start_from(previous, ItemIndex(OLD_ITEMS), SASREC, seed=0) is None
+        assert warm_start_from(previous_sasrec, ItemIndex(OLD_ITEMS), GRU4RecParams(layers=LAYERS), seed=0) is None
+    assert "a gru4rec model) for a sasrec candidate" in caplog.text
+    assert "a sasrec model) for a gru4rec candidate" in caplog.text
+    assert warm_start_from(previous, ItemIndex(OLD_ITEMS), GRU4RecParams(layers=LAYERS), seed=0) is not None

@@ -1,5 +1,5 @@
-"""The worker end to end on the real embedded broker: parity with offline evaluation, dead letters,
-restarts (SIGTERM, SIGKILL, lost RocksDB) and hot model swaps."""
+"""The worker end to end on the real embedded broker: parity with offline evaluation (GRU4REC and SASRec), dead
+letters, restarts (SIGTERM, SIGKILL, lost RocksDB) and hot model swaps (within and across families)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import shutil
 import signal
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 
 from modelkit.artifact import load_artifact, set_current
+from modelkit.registry import new_version_name
 from offline.hyperparams import GRU4RecParams
 from offline.loaders import load_events
 from offline.metrics import metrics_from_ranks
@@ -26,11 +28,15 @@ from stream_worker.online_metrics import summary
 from stream_worker.processor import Click, process_batch
 from stream_worker.replay import click_messages, event_id, produce_raw, time_ordered
 from stream_worker.serving import ServingModel
+from stream_worker.session_state import SessionState
 from stream_worker.tail import read_topic
+from tests.support.artifacts import random_rsc15_artifact
 from tests.support.checks import same_ranking
 from tests.support.streaming import WorkerProcess, online_ranks, predictions_by_event
+from tests.support.workloads import Message, clicks_of
 
 QUICK = GRU4RecParams(n_epochs=2)
+FAMILIES = ("gru4rec", "sasrec")
 
 MALFORMED: list[tuple[bytes | None, bytes | None, str]] = [
     (b"s", b"{not json", "invalid_json"),
@@ -62,6 +68,20 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, rsc15: dict[str, pd.Dat
     return directory
 
 
+@pytest.fixture(scope="module")
+def sasrec_models_dir(tmp_path_factory: pytest.TempPathFactory, rsc15_dir: Path) -> Path:
+    """SASRec (2 blocks of 64, window 50) with random weights over the training items (as ``models_dir``'s)."""
+    directory = tmp_path_factory.mktemp("sasrec-models")
+    random_rsc15_artifact(directory, "sasrec", new_version_name(), rsc15_dir)
+    return directory
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_models_dir(request: pytest.FixtureRequest) -> Path:
+    """The models directory of each family in turn: trained GRU4REC, random SASRec."""
+    return Path(request.getfixturevalue("models_dir" if request.param == "gru4rec" else "sasrec_models_dir"))
+
+
 def _messages(frame: pd.DataFrame) -> list[tuple[bytes | None, bytes | None]]:
     return [(key, value) for key, value, _ in click_messages(time_ordered(frame))]
 
@@ -83,10 +103,12 @@ def _expected_predictions(model_path: Path, frame: pd.DataFrame) -> dict[str, di
 
 
 def test_replay_gives_one_prediction_per_valid_event_with_offline_parity(
-    broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, tmp_path: Path
+    broker: Any, rsc15: dict[str, pd.DataFrame], family_models_dir: Path, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", "parity", tmp_path / "worker.log",
-                           metrics_interval_s=1.0)
+    models_dir = family_models_dir
+    family = load_artifact(models_dir / "current").manifest.model_family
+    worker = WorkerProcess(broker.bootstrap, models_dir, tmp_path / "rocksdb", f"parity-{family}",
+                           tmp_path / "worker.log", metrics_interval_s=1.0)
     worker.start()
     try:
         messages = _messages(rsc15["valid"])
@@ -210,6 +232,72 @@ def test_hot_model_swap_during_replay_and_corrupt_artifact_refused(
     assert len(records) == len(messages)  # no event lost across the swaps
     assert set(versions[:half]) == {old_version} and set(versions[half:]) == {new_version}
     assert stats["model_swaps"] == 1 and stats["recomputed_sessions"] > 0
+
+
+def _phased_reference(models: list[ServingModel], messages: list[Message], bounds: list[int]) -> dict[str, Any]:
+    """Top-20 predictions by event id of an in-process run that serves ``models[i]`` for the messages
+    ``bounds[i]:bounds[i + 1]``, session states carried from one model to the next (as the worker's table)."""
+    clicks = clicks_of(messages)
+    states: dict[str, SessionState | None] = {}
+    expected: dict[str, Any] = {}
+    for model, (first, end) in zip(models, pairwise(bounds), strict=True):
+        phase = {s: [c for c in cs if first <= c.offset < end] for s, cs in clicks.items()}
+        outcome = process_batch(model, {s: cs for s, cs in phase.items() if cs}, states, k=20, ring_size=50,
+                                received_at=0.0)
+        states.update(outcome.states)
+        expected.update((json.loads(p)["event_id"], json.loads(p)) for _, p in outcome.predictions)
+    return expected
+
+
+def test_swaps_between_families_during_replay_lose_nothing(
+    broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, rsc15_dir: Path, tmp_path: Path
+) -> None:
+    """GRU4REC -> SASRec -> GRU4REC again (model-updates messages; the current pointer stays on GRU4REC, so the
+    pointer poll cannot race them) between thirds of a replay: one prediction per click, each third from its
+    model, sessions carried across the swaps (rebuilt from their ring of recent items) exactly as an in-process
+    run that swaps at the same clicks."""
+    own_models = tmp_path / "models"
+    shutil.copytree(models_dir, own_models, symlinks=True)
+    gru_version = load_artifact(own_models / "current").version
+    worker = WorkerProcess(broker.bootstrap, own_models, tmp_path / "rocksdb", "family-swap", tmp_path / "worker.log")
+    worker.start()
+    messages = _messages(rsc15["valid"])
+    bounds = [0, len(messages) // 3, 2 * len(messages) // 3, len(messages)]
+    sasrec_version = random_rsc15_artifact(own_models, "sasrec", new_version_name(), rsc15_dir,
+                                           make_current=False).name
+
+    def replay_third(n: int) -> dict[str, Any]:
+        produce_raw(broker.bootstrap, worker.topic("clicks"), messages[bounds[n] : bounds[n + 1]])
+        return worker.wait_until(lambda s: s["events"] >= bounds[n + 1], what=f"third {n + 1}")
+
+    def swap_to(version: str) -> None:
+        update = (version.encode(), (own_models / version / "manifest.json").read_bytes())
+        produce_raw(broker.bootstrap, worker.topic("model_updates"), [update])
+        worker.wait_until(lambda s: s["model_version"] == version, what=f"swap to {version}")
+
+    try:
+        replay_third(0)
+        swap_to(sasrec_version)
+        replay_third(1)
+        swap_to(gru_version)
+        stats = replay_third(2)
+    finally:
+        worker.stop()
+    records = read_topic(broker.bootstrap, worker.topic("predictions"), idle_timeout_s=3.0)
+    predictions = predictions_by_event(records)
+    phase_of = {json.loads(value or b"")["event_id"]: n
+                for n, (first, end) in enumerate(pairwise(bounds)) for _, value in messages[first:end]}
+    assert len(records) == len(messages) and set(predictions) == set(phase_of)  # exactly one per click
+    family_of = {v: load_artifact(own_models / v).manifest.model_family for v in (gru_version, sasrec_version)}
+    versions = [{p[0]["model_version"] for e, p in predictions.items() if phase_of[e] == n} for n in range(3)]
+    assert versions == [{gru_version}, {sasrec_version}, {gru_version}]
+    assert [family_of[v] for (v,) in versions] == ["gru4rec", "sasrec", "gru4rec"]
+    assert stats["model_swaps"] == 2 and stats["recomputed_sessions"] > 0
+
+    models = [ServingModel(load_artifact(own_models / v)) for v in (gru_version, sasrec_version, gru_version)]
+    expected = _phased_reference(models, messages, bounds)
+    wrong = [e for e, ps in predictions.items() if not same_ranking(ps[0], expected[e])]
+    assert not wrong, f"{len(wrong)} predictions differ from an in-process run with the same swaps: {wrong[:3]}"
 
 
 def test_idle_sessions_expire_in_event_time(

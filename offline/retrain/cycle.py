@@ -24,12 +24,11 @@ from modelkit.registry import (
     notify,
 )
 from offline.cleaning import SECONDS_PER_DAY
-from offline.hyperparams import GRU4RecParams
-from offline.pipeline import build_manifest, train_model
+from offline.pipeline import TrainingParams, build_manifest, train_model
 from offline.retrain.gate import gate_decision, gate_metrics, gate_record, log_decision
 from offline.retrain.prepare import prepare_window
 from offline.retrain.source import ReadSummary, Source, read_window
-from offline.warm_start import catalogue_change, warm_start_index, warm_start_weights
+from offline.warm_start import catalogue_change, warm_start_from, warm_start_index
 from schemas import ModelManifest
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,7 @@ class RetrainReport:
     """Outcome of one retrain cycle."""
 
     version: str
+    family: str  # the candidate's model family
     decision: str  # "accepted" or "rejected"
     reason: str
     path: Path
@@ -79,7 +79,7 @@ class RetrainReport:
 def retrain_cycle(
     source: Source,
     models_dir: Path,
-    params: GRU4RecParams,
+    params: TrainingParams,
     *,
     window_days: float,
     gate_days: float = 1.0,
@@ -96,8 +96,9 @@ def retrain_cycle(
     """One cycle: read window -> clean + split off the gate days -> train candidate -> gate -> publish -> retention.
 
     The window is the last ``window_days`` before ``now`` (default: the newest event in the source); its
-    newest ``gate_days`` (sessions ending then) are the gate set, never trained on. The candidate is
-    warm-started from ``current`` when there is one (and ``warm_start``), else trained from scratch. It
+    newest ``gate_days`` (sessions ending then) are the gate set, never trained on. The candidate, of the
+    family of ``params``, is warm-started from ``current`` when there is one (and ``warm_start``) of the same
+    family (and, for SASRec, the same sizes), else trained from scratch. It
     becomes current only if there is no current model or its MRR@20 and Recall@20 on the gate set are at
     least current's minus ``margin``; then ``publish(manifest)`` is called (e.g. the command line hands in
     ``stream_worker.model_updates.kafka_publisher``). A refused candidate is written to ``models_dir/rejected/``.
@@ -123,7 +124,7 @@ def retrain_cycle(
 
         mark = time.perf_counter()
         parent = current if (warm_start and current is not None) else None
-        index, initial = _candidate_start(prepared.train, params, parent, keep_missing_items)
+        index, initial, parent = _candidate_start(prepared.train, params, parent, keep_missing_items)
         model = train_model(prepared.train, params, index, initial, progress=progress)
         timings["train"] = time.perf_counter() - mark
 
@@ -160,6 +161,7 @@ def retrain_cycle(
 
     return RetrainReport(
         version=manifest.version,
+        family=manifest.model_family,
         decision="accepted" if accepted else "rejected",
         reason=reason,
         path=path,
@@ -199,17 +201,19 @@ def _check_cycle_args(window_days: float, gate_days: float, margin: float, keep_
 
 
 def _candidate_start(
-    train: pd.DataFrame, params: GRU4RecParams, parent: ModelArtifact | None, keep_missing_items: bool
-) -> tuple[ItemIndex, dict[str, np.ndarray] | None]:
-    """The candidate's catalogue and initial weights: warm-started from ``parent``, or new (from scratch)."""
-    if parent is None:
-        index = ItemIndex.from_events(train["item_id"])
-        log.info("training from scratch on %d items", len(index))
-        return index, None
-    index = warm_start_index(parent.item_index, train["item_id"], keep_missing_items)
-    initial = warm_start_weights(parent, index, params, params.seed)
-    change = catalogue_change(parent.item_index, index)
-    fate = "absent from the window but kept" if keep_missing_items else "dropped (not in the window)"
-    log.info("warm start from %s: %d items kept, %d new, %d %s", parent.version, change.kept, change.added,
-             change.dropped, fate)
-    return index, initial
+    train: pd.DataFrame, params: TrainingParams, parent: ModelArtifact | None, keep_missing_items: bool
+) -> tuple[ItemIndex, dict[str, np.ndarray] | None, ModelArtifact | None]:
+    """The candidate's catalogue, initial weights and warm-start source: warm-started from ``parent``, or new
+    (from scratch; also when ``parent`` cannot be warm-started from, see ``warm_start_from``)."""
+    if parent is not None:
+        index = warm_start_index(parent.item_index, train["item_id"], keep_missing_items)
+        initial = warm_start_from(parent, index, params, params.seed)
+        if initial is not None:
+            change = catalogue_change(parent.item_index, index)
+            fate = "absent from the window but kept" if keep_missing_items else "dropped (not in the window)"
+            log.info("warm start from %s: %d items kept, %d new, %d %s", parent.version, change.kept, change.added,
+                     change.dropped, fate)
+            return index, initial, parent
+    index = ItemIndex.from_events(train["item_id"])
+    log.info("training from scratch on %d items", len(index))
+    return index, None, None

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from offline.durations import parse_duration
 from offline.loaders import FORMATS
+from offline.protocols import TARGETS, EvalProtocol
 from offline.settings import OfflineSettings
 
 EXIT_USAGE = 2
@@ -78,13 +79,19 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def session_gap(text: str) -> float:
+    """An argparse type: a duration, or ``none`` (infinity: each user's events form one session)."""
+    return math.inf if text.strip().lower() == "none" else duration(text)
+
+
 # ------------------------------------------------------------------------------------------------ shared flags
 
 
 def add_session_options(parser: argparse.ArgumentParser) -> None:
     """``--session-gap`` and ``--min-rating``: how click logs of users are cut into sessions."""
-    parser.add_argument("--session-gap", type=duration, default=3600.0, metavar="DURATION",
-                        help="inactivity gap that cuts users into sessions (movielens, goodreads); default 1h")
+    parser.add_argument("--session-gap", type=session_gap, default=3600.0, metavar="DURATION",
+                        help="inactivity gap that cuts users into sessions (movielens, goodreads; default 1h); "
+                             "'none': one session per user")
     parser.add_argument("--min-rating", type=float, default=None, help="drop ratings below this value")
 
 
@@ -92,6 +99,28 @@ def add_format(parser: argparse.ArgumentParser) -> None:
     """A required ``--format`` and the session options."""
     parser.add_argument("--format", required=True, choices=FORMATS, help="input file format")
     add_session_options(parser)
+
+
+def add_protocol(parser: argparse.ArgumentParser) -> None:
+    """The evaluation protocol: ``--protocol``, ``--exclude-seen``, ``--sampled-negatives N`` and ``--seed``."""
+    group = parser.add_argument_group("evaluation protocol (default: every next click, ranked among all items)")
+    group.add_argument("--protocol", choices=TARGETS, default="next-click",
+                       help="next-click: every next click given its prefix; last-item: each sequence's last item "
+                            "given everything before it (leave-one-out test.tsv)")
+    group.add_argument("--exclude-seen", action="store_true",
+                       help="items already in the sequence cannot be recommended (scored -inf before ranking)")
+    group.add_argument("--sampled-negatives", type=at_least_one, metavar="N",
+                       help="rank the target against N random items absent from its sequence instead of the whole "
+                            "catalogue (SAMPLED metrics, not comparable with full ranking)")
+    group.add_argument("--seed", type=count, help="seed of --sampled-negatives (default 0)")
+
+
+def evaluation_protocol(args: argparse.Namespace) -> EvalProtocol:
+    """The EvalProtocol of the ``add_protocol`` flags; ``--seed`` without ``--sampled-negatives`` is an error."""
+    if args.seed is not None and args.sampled_negatives is None:
+        raise CliError("--seed applies only with --sampled-negatives")
+    return EvalProtocol(targets=args.protocol, exclude_seen=args.exclude_seen,
+                        sampled_negatives=args.sampled_negatives or 0, seed=args.seed or 0)
 
 
 def add_bootstrap(parser: argparse.ArgumentParser) -> None:
@@ -103,17 +132,55 @@ def add_models_dir(parser: argparse.ArgumentParser, settings: OfflineSettings, f
     parser.add_argument(flag, default=str(settings.models_dir), help="models directory (env STREAMREC_MODELS_DIR)")
 
 
+MODEL_FAMILIES = ("gru4rec", "sasrec")  # the families streamrec can train
+DEFAULT_MODEL = "gru4rec"
+PRESET_FAMILY = {"default": None, "xe": "gru4rec", "bpr-max": "gru4rec", "sasrec-bce": "sasrec"}
+# Hyperparameter flags (argparse dest -> params field): shared, then those of one family only.
+SHARED_FLAGS = {"loss": "loss", "batch_size": "batch_size", "epochs": "n_epochs", "learning_rate": "learning_rate",
+                "seed": "seed"}
+FAMILY_FLAGS = {
+    "gru4rec": {"layers": "layers", "momentum": "momentum", "dropout_embed": "dropout_p_embed",
+                "dropout_hidden": "dropout_p_hidden", "n_sample": "n_sample", "sample_alpha": "sample_alpha",
+                "bpreg": "bpreg", "elu_param": "elu_param", "logq": "logq"},
+    "sasrec": {"max_len": "max_len", "hidden": "hidden_size", "blocks": "n_blocks", "heads": "n_heads",
+               "dropout": "dropout", "negatives": "n_negatives", "in_batch_negatives": "in_batch_negatives",
+               "patience": "patience", "valid_fraction": "valid_fraction"},
+}
+
+
+def add_model_choice(parser: argparse.ArgumentParser, default_help: str) -> None:
+    """``--model FAMILY``: which family to train (default None: decided by the command, see ``default_help``)."""
+    parser.add_argument("--model", choices=MODEL_FAMILIES, help=f"model family to train; {default_help}")
+
+
 def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
+    """The preset, a JSON config and one flag per hyperparameter (a flag of another family is an error)."""
     parser.add_argument("--config", help="JSON file of hyperparameters")
-    parser.add_argument("--preset", choices=("default", "xe", "bpr-max"), default="default",
-                        help="start from the tuned default or an official reference setting")
-    parser.add_argument("--loss", choices=("cross-entropy", "bpr-max"))
-    parser.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 100 or 100,100")
-    for flag, kind in (("--batch-size", int), ("--epochs", int), ("--learning-rate", float), ("--momentum", float),
-                       ("--dropout-embed", float), ("--dropout-hidden", float), ("--n-sample", int),
-                       ("--sample-alpha", float), ("--bpreg", float), ("--elu-param", float), ("--logq", float),
-                       ("--seed", int)):
+    parser.add_argument("--preset", choices=tuple(PRESET_FAMILY), default="default",
+                        help="start from the family's tuned default or a reference setting: xe, bpr-max (gru4rec), "
+                             "sasrec-bce (sasrec: the original BCE recipe); a preset of one family implies --model")
+    parser.add_argument("--loss", choices=("cross-entropy", "bpr-max", "bce", "sampled-cross-entropy"),
+                        help="gru4rec: cross-entropy, bpr-max; sasrec: cross-entropy, bce, sampled-cross-entropy")
+    for flag, kind in (("--batch-size", int), ("--epochs", int), ("--learning-rate", float), ("--seed", int)):
         parser.add_argument(flag, type=kind)
+    gru = parser.add_argument_group("gru4rec hyperparameters")
+    gru.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 100 or 100,100")
+    for flag, kind in (("--momentum", float), ("--dropout-embed", float), ("--dropout-hidden", float),
+                       ("--n-sample", int), ("--sample-alpha", float), ("--bpreg", float), ("--elu-param", float),
+                       ("--logq", float)):
+        gru.add_argument(flag, type=kind)
+    sas = parser.add_argument_group("sasrec hyperparameters")
+    sas.add_argument("--max-len", type=int, help="items per window")
+    sas.add_argument("--hidden", type=int, help="hidden size")
+    sas.add_argument("--blocks", type=int, help="self-attention blocks")
+    sas.add_argument("--heads", type=int, help="attention heads (must divide --hidden)")
+    sas.add_argument("--dropout", type=float, help="dropout rate (embedding, attention, feed-forward)")
+    sas.add_argument("--negatives", type=int, help="uniform negatives per batch (--loss sampled-cross-entropy)")
+    sas.add_argument("--in-batch-negatives", action="store_true", default=None,
+                     help="the batch's targets are negatives too (--loss sampled-cross-entropy)")
+    sas.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
+    sas.add_argument("--valid-fraction", type=float,
+                     help="early stopping: the newest sessions held out from training (0: none, train all epochs)")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -126,25 +193,36 @@ def load(path: str, args: argparse.Namespace) -> Any:
     return load_events(path, args.format, session_gap_s=args.session_gap, min_rating=args.min_rating)
 
 
-def params(args: argparse.Namespace) -> Any:
-    """GRU4RecParams: the preset, then ``--config``, then the hyperparameter flags."""
-    from offline.hyperparams import BPRMAX_REFERENCE, XE_REFERENCE, GRU4RecParams
+def model_family(args: argparse.Namespace, fallback: str = DEFAULT_MODEL) -> str:
+    """The family to train: ``--model``, else the family of ``--preset``, else ``fallback``."""
+    return getattr(args, "model", None) or PRESET_FAMILY[args.preset] or fallback
 
-    base = {"default": GRU4RecParams(), "xe": XE_REFERENCE, "bpr-max": BPRMAX_REFERENCE}[args.preset]
+
+def params(args: argparse.Namespace, family: str | None = None) -> Any:
+    """GRU4RecParams or SASRecParams (``family``, default ``model_family(args)``): the preset, then ``--config``,
+    then the hyperparameter flags; a flag of another family is an error."""
+    from offline.hyperparams import BPRMAX_REFERENCE, XE_REFERENCE, GRU4RecParams
+    from offline.sasrec_params import BCE_RECIPE, SASRecParams
+
+    family = family or model_family(args)
+    for other, flags in FAMILY_FLAGS.items():
+        given = [dest for dest in flags if getattr(args, dest) is not None]
+        if other != family and given:
+            raise CliError(f"--{given[0].replace('_', '-')} applies to {other}, not {family}")
+    if PRESET_FAMILY[args.preset] not in (None, family):
+        raise CliError(f"--preset {args.preset} is a {PRESET_FAMILY[args.preset]} setting, not {family}")
+    defaults = {"gru4rec": GRU4RecParams(), "sasrec": SASRecParams()}
+    references = {"xe": XE_REFERENCE, "bpr-max": BPRMAX_REFERENCE, "sasrec-bce": BCE_RECIPE}
+    base = defaults[family] if args.preset == "default" else references[args.preset]
     values = base.model_dump()
     if args.config:
         try:
             values.update(json.loads(Path(args.config).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as error:
             raise CliError(f"cannot read config {args.config}: {error}") from None
-    flags = {
-        "loss": args.loss, "layers": args.layers, "batch_size": args.batch_size, "n_epochs": args.epochs,
-        "learning_rate": args.learning_rate, "momentum": args.momentum, "dropout_p_embed": args.dropout_embed,
-        "dropout_p_hidden": args.dropout_hidden, "n_sample": args.n_sample, "sample_alpha": args.sample_alpha,
-        "bpreg": args.bpreg, "elu_param": args.elu_param, "logq": args.logq, "seed": args.seed,
-    }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return GRU4RecParams.model_validate(values)
+    flags = {**SHARED_FLAGS, **FAMILY_FLAGS[family]}
+    values.update({field: getattr(args, dest) for dest, field in flags.items() if getattr(args, dest) is not None})
+    return type(base).model_validate(values)
 
 
 def worker_settings(args: argparse.Namespace) -> Any:

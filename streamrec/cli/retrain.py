@@ -13,14 +13,17 @@ from typing import Any
 from offline.loaders import FORMATS
 from offline.settings import OfflineSettings
 from streamrec.cli.common import (
+    DEFAULT_MODEL,
     CliError,
     Parser,
     add_bootstrap,
     add_hyperparameters,
+    add_model_choice,
     add_models_dir,
     add_session_options,
     at_least_one,
     duration,
+    model_family,
     non_negative_float,
     one_line,
     params,
@@ -64,6 +67,27 @@ def _retrain_source(args: argparse.Namespace, settings: Any) -> Any:
                        click_window_reader(settings.kafka_python_config(), progress=args.progress))
 
 
+def _current_family(models_dir: Path) -> str | None:
+    """The model family of ``models_dir``'s current version; None without one (or when its manifest is
+    unreadable: the cycle then reports the broken artifact)."""
+    from modelkit.artifact import MANIFEST_FILE, current_version
+    from schemas import ModelManifest
+
+    version = current_version(models_dir)
+    if version is None:
+        return None
+    try:
+        return ModelManifest.model_validate_json((models_dir / version / MANIFEST_FILE).read_bytes()).model_family
+    except (OSError, ValueError):
+        return None
+
+
+def _retrain_params(args: argparse.Namespace) -> Any:
+    """The hyperparameters of the next candidate: of the family ``--model`` or ``--preset`` names, else of
+    current's family (so a SASRec current stays SASRec), else of the default family."""
+    return params(args, model_family(args, _current_family(Path(args.out)) or DEFAULT_MODEL))
+
+
 def _format_report(report: Any) -> str:
     from offline.retrain import GATE_METRICS
 
@@ -71,9 +95,10 @@ def _format_report(report: Any) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
     if report.accepted:
-        head = f"model {report.version} accepted: now current (was {report.previous_version or 'none'})"
+        head = f"{report.family} model {report.version} accepted: now current (was {report.previous_version or 'none'})"
     else:
-        head = f"model {report.version} rejected: current stays {report.previous_version} (kept in {report.path})"
+        head = (f"{report.family} model {report.version} rejected: current stays {report.previous_version} "
+                f"(kept in {report.path})")
     metrics = ", ".join(
         f"{name} {report.candidate_metrics[name]:.4f}"
         + (f" vs {report.current_metrics[name]:.4f}" if report.current_metrics is not None else "")
@@ -111,16 +136,16 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     quiet_kafka(args)
     settings = worker_settings(args)
     source = _retrain_source(args, settings)
-    hyperparameters = params(args)
+    _retrain_params(args)  # bad hyperparameters: one line before anything runs
     if args.gate_days >= args.window_days:
         raise CliError(f"--window-days ({args.window_days:g}) must be larger than --gate-days ({args.gate_days:g})")
     publish = None
     if _bootstrap_configured(args) or not args.input:  # a topic source has a broker to publish to
         publish = _publisher(settings)
 
-    def cycle() -> None:
+    def cycle() -> None:  # current's family is read again every cycle (it may have been rolled back)
         report = retrain_cycle(
-            source, Path(args.out), hyperparameters, window_days=args.window_days, gate_days=args.gate_days,
+            source, Path(args.out), _retrain_params(args), window_days=args.window_days, gate_days=args.gate_days,
             margin=args.margin, warm_start=not args.from_scratch, keep_versions=args.keep, publish=publish,
             keep_missing_items=args.keep_missing_items, progress=args.progress,
         )
@@ -218,6 +243,7 @@ def add_parsers(commands: Any, settings: OfflineSettings) -> None:
                               "logged and the loop goes on")
     retrain.add_argument("--max-cycles", type=at_least_one, metavar="N", help="with --every: stop after N cycles")
     retrain.add_argument("--json", action="store_true", help="print one JSON object per cycle")
+    add_model_choice(retrain, f"default: the family of current (or of --preset), {DEFAULT_MODEL} without one")
     add_hyperparameters(retrain)
     retrain.set_defaults(func=cmd_retrain)
 

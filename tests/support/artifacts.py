@@ -1,28 +1,57 @@
-"""Model artifacts for tests and benchmarks: one random GRU4REC builder, a quick trained model, loading."""
+"""Model artifacts for tests and benchmarks: one random-artifact builder (any family), a quick trained model,
+loading."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelkit import gru4rec, sasrec
 from modelkit.artifact import load_artifact, write_artifact
-from modelkit.gru4rec import initial_weights
 from modelkit.item_index import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow
 from stream_worker.serving import ServingModel
 from tests.support.workloads import RSC15_DIR
 
+SASREC_MAX_LEN, SASREC_HEADS = 50, 1  # random SASRec artifacts unless told otherwise
+
+
+def _gru4rec_weights(n_items: int, layers: Sequence[int], seed: int, _: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return gru4rec.initial_weights(n_items, tuple(layers), seed=seed)
+
+
+def _sasrec_weights(n_items: int, layers: Sequence[int], seed: int, hyper: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    if len(set(layers)) != 1:
+        raise ValueError(f"sasrec blocks all have the hidden size: layers {list(layers)}")
+    return sasrec.initial_weights(n_items, layers[0], len(layers), int(hyper["max_len"]), seed=seed)
+
+
+_INITIAL_WEIGHTS: Mapping[str, Callable[[int, Sequence[int], int, Mapping[str, Any]], dict[str, np.ndarray]]] = {
+    "gru4rec": _gru4rec_weights, "sasrec": _sasrec_weights,
+}
+
+
+def default_hyperparameters(family: str, layers: Sequence[int], max_len: int = SASREC_MAX_LEN,
+                            n_heads: int = SASREC_HEADS) -> dict[str, Any]:
+    """The manifest hyperparameters a family's loader needs: GRU4REC its layers, SASRec max_len and n_heads."""
+    if family == "sasrec":
+        return {"max_len": max_len, "n_heads": n_heads}
+    return {"layers": list(layers)}
+
 
 def random_artifact(
     models_dir: Path,
     version: str = "v1",
     *,
+    family: str = "gru4rec",
     items: Sequence[str] | int = 40,
     layers: Sequence[int] = (8,),
+    max_len: int = SASREC_MAX_LEN,
+    n_heads: int = SASREC_HEADS,
     seed: int = 0,
     noise: float = 0.0,
     noise_seed: int | None = None,
@@ -32,28 +61,47 @@ def random_artifact(
     window: tuple[float, float] = (0.0, 1.0),
     make_current: bool = True,
 ) -> Path:
-    """Write a GRU4REC artifact with random weights as ``models_dir/<version>`` (and ``current`` if asked).
+    """Write an artifact of ``family`` with random weights as ``models_dir/<version>`` (and ``current`` if asked).
 
-    Weights are ``initial_weights(n_items, layers, seed)``, plus N(0, ``noise``) from
-    ``default_rng(noise_seed)`` (default: ``seed``) when ``noise`` > 0 (non-zero biases, so rows can be told apart).
-    ``items`` are the item ids, or a count of ids ``i0``, ``i1``, ...; ``popularity`` defaults to
-    ``n_items-1 .. 0`` (the first items most popular); ``hyperparameters`` default to ``{"layers": [...]}``.
+    ``layers`` are the hidden sizes of the layers: GRU4REC's GRU layers, or SASRec's blocks (all the same size;
+    ``max_len`` and ``n_heads`` are SASRec's window length and attention heads). Weights are the family's
+    ``initial_weights(..., seed)``, plus N(0, ``noise``) from ``default_rng(noise_seed)`` (default: ``seed``)
+    when ``noise`` > 0 (non-zero biases, so rows can be told apart). ``items`` are the item ids, or a count of
+    ids ``i0``, ``i1``, ...; ``popularity`` defaults to ``n_items-1 .. 0`` (the first items most popular);
+    ``hyperparameters`` default to what the family's loader needs (``default_hyperparameters``).
     """
+    if family not in _INITIAL_WEIGHTS:
+        raise ValueError(f"no random weights for family {family!r} (known: {', '.join(sorted(_INITIAL_WEIGHTS))})")
     item_ids = [f"i{n}" for n in range(items)] if isinstance(items, int) else list(items)
     n_items = len(item_ids)
-    weights = initial_weights(n_items, tuple(layers), seed=seed)
+    hyper = (dict(hyperparameters) if hyperparameters is not None
+             else default_hyperparameters(family, layers, max_len, n_heads))
+    weights = _INITIAL_WEIGHTS[family](n_items, layers, seed, {"max_len": max_len, **hyper})
     if noise > 0:
         rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
         weights = {k: (v + rng.normal(0, noise, v.shape)).astype(np.float32) for k, v in weights.items()}
     manifest = ModelManifest(
-        version=version, created_at=created_at, training_window=TrainingWindow(start=window[0], end=window[1]),
-        data_digest="0" * 64,
-        hyperparameters=dict(hyperparameters) if hyperparameters is not None else {"layers": list(layers)},
-        n_items=n_items, hidden_size=layers[-1], n_layers=len(layers),
+        version=version, model_family=family, created_at=created_at,
+        training_window=TrainingWindow(start=window[0], end=window[1]), data_digest="0" * 64,
+        hyperparameters=hyper, n_items=n_items, hidden_size=layers[-1], n_layers=len(layers),
     )
     if popularity is None:
         popularity = np.arange(n_items)[::-1].copy()
     return write_artifact(models_dir, manifest, weights, ItemIndex(item_ids), popularity, make_current)
+
+
+def random_rsc15_artifact(models_dir: Path, family: str, version: str, data_dir: Path = RSC15_DIR, *,
+                          layers: Sequence[int] = (64, 64), seed: int = 0, noise: float = 0.05,
+                          make_current: bool = True) -> Path:
+    """A random ``family`` artifact over the items of YOOCHOOSE train_tr (the catalogue and popularity a model
+    trained on it has, as ``train_model``): a stand-in for a trained model of a family that has no training yet."""
+    from offline.loaders import load_events
+
+    frame = load_events(data_dir / "yoochoose-clicks-100k_train_tr.txt", "session-tsv")
+    index = ItemIndex.from_events(frame["item_id"])
+    popularity = np.bincount(index.lookup(frame["item_id"].to_numpy()), minlength=len(index))
+    return random_artifact(models_dir, version, family=family, items=index.ids.tolist(), layers=layers, seed=seed,
+                           noise=noise, popularity=popularity, make_current=make_current)
 
 
 def train_model(models_dir: Path, data_dir: Path = RSC15_DIR) -> Path:

@@ -50,6 +50,7 @@ class CrashReport:
     """Figures of one crash-recovery run."""
 
     events: int
+    model: dict[str, str] = field(default_factory=dict)  # version and family of the model served
     kills: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     predictions: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +80,7 @@ def run_crash_recovery(bootstrap: str, models_dir: Path, work: Path, messages: S
     worker = WorkerProcess(bootstrap, models_dir, data_dir, prefix, work / f"{prefix}.log",
                            session_ttl_s=1e9, log_level=os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"))
     produce_raw(bootstrap, worker.topic("clicks"), messages)
-    report = CrashReport(events=len(messages))
+    report = CrashReport(events=len(messages), model={"version": model.version, "family": model.family})
     follower = TopicFollower(bootstrap, worker.topic("predictions"))
     expected = set(reference.predictions)
     predicted = Predicted(follower)
