@@ -1,6 +1,7 @@
 """End-to-end streaming benchmark on the embedded broker: sustained events/s of the worker against a
-pass-through Faust agent (same batching and producer path, no model/table), and event->prediction latency
-at several offered rates."""
+pass-through Faust agent (same delivery and producer path, no model/table) and a raw aiokafka pass-through (no
+Faust: the ceiling), event->prediction latency at several offered rates, and where each click's time goes (the
+worker's latency histograms: CreateTime -> fetched -> batch started -> modelled -> acknowledged -> stored)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from _support import ROOT, given_or_trained
 from stream_worker.broker import EmbeddedBroker, free_port
 from stream_worker.progress import PROGRESS_KEY
 from stream_worker.replay import produce_raw
+from stream_worker.stats import LATENCY_STAGES, histogram_quantile
 from tests.support.workloads import Message, workload
 
 
@@ -52,14 +54,16 @@ def read_records(bootstrap: str, topic: str, expected: int, timeout_s: float) ->
 class App:
     """A worker or pass-through subprocess on its own topics."""
 
-    def __init__(self, kind: str, bootstrap: str, models_dir: Path, work: Path, prefix: str) -> None:
+    def __init__(self, kind: str, bootstrap: str, models_dir: Path, work: Path, prefix: str,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.prefix = prefix
         self.env = {**os.environ, "STREAMREC_BOOTSTRAP_SERVERS": bootstrap, "STREAMREC_MODELS_DIR": str(models_dir),
                     "STREAMREC_DATA_DIR": str(work / prefix), "STREAMREC_WEB_PORT": str(self.port),
                     "STREAMREC_APP_ID": prefix, "STREAMREC_CLICKS_TOPIC": f"{prefix}-clicks",
                     "STREAMREC_PREDICTIONS_TOPIC": f"{prefix}-out", "STREAMREC_DEAD_LETTER_TOPIC": f"{prefix}-dlq",
-                    "STREAMREC_MODEL_UPDATES_TOPIC": f"{prefix}-updates", "STREAMREC_LOG_LEVEL": "WARNING"}
+                    "STREAMREC_MODEL_UPDATES_TOPIC": f"{prefix}-updates", "STREAMREC_LOG_LEVEL": "WARNING",
+                    **(env or {})}
         command = ([sys.executable, "-m", "streamrec.cli", "worker"] if kind == "worker"
                    else [sys.executable, str(ROOT / "bench" / "passthrough_agent.py")])
         self.log = open(work / f"{prefix}.log", "wb")  # noqa: SIM115
@@ -85,56 +89,140 @@ class App:
         self.log.close()
 
 
-def sustained(kind: str, broker: EmbeddedBroker, models_dir: Path, work: Path,
-              messages: list[Message]) -> tuple[float, dict[str, Any]]:
+def sustained(kind: str, broker: EmbeddedBroker, models_dir: Path, work: Path, messages: list[Message],
+              env: dict[str, str] | None = None) -> tuple[float, dict[str, Any]]:
     """Events/s over a backlog produced before the app starts (output CreateTime span), and the app's /stats."""
     prefix = f"{kind}-max-{time.monotonic_ns()}"
     produce_raw(broker.bootstrap, f"{prefix}-clicks", messages)
-    app = App(kind, broker.bootstrap, models_dir, work, prefix)
+    if kind == "raw":
+        return sustained_raw(broker, work, prefix, len(messages)), {}
+    app = App(kind, broker.bootstrap, models_dir, work, prefix, env)
     try:
         records = read_records(broker.bootstrap, f"{prefix}-out", len(messages), timeout_s=600)
         stats = app.stats()
     finally:
         app.stop()
-    if len(records) < len(messages):
-        raise RuntimeError(f"{kind}: only {len(records)} of {len(messages)} outputs")
+    return output_rate(kind, records, len(messages)), stats
+
+
+def sustained_raw(broker: EmbeddedBroker, work: Path, prefix: str, expected: int) -> float:
+    """The same for bench/raw_passthrough.py (aiokafka only), which exits once it forwarded everything."""
+    env = {**os.environ, "STREAMREC_BOOTSTRAP_SERVERS": broker.bootstrap}
+    with open(work / f"{prefix}.log", "wb") as log:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "raw_passthrough.py"), "--source", f"{prefix}-clicks",
+                        "--destination", f"{prefix}-out", "--expected", str(expected)],
+                       env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=True, timeout=600)
+    return output_rate("raw", read_records(broker.bootstrap, f"{prefix}-out", expected, timeout_s=120), expected)
+
+
+def output_rate(kind: str, records: list[Any], expected: int) -> float:
+    if len(records) < expected:
+        raise RuntimeError(f"{kind}: only {len(records)} of {expected} outputs")
     stamps = np.array([r.timestamp for r in records], dtype=np.float64) / 1000.0
-    return len(records) / max(stamps.max() - stamps.min(), 1e-9), stats
+    return len(records) / max(stamps.max() - stamps.min(), 1e-9)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) of a process so far; 0 where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_percentiles(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """(p50, p99, mean) ms from CreateTime to each stage, over the clicks handled between two /stats snapshots."""
+    bounds = after["latency_buckets_s"]
+    result = {}
+    for stage in LATENCY_STAGES:
+        counts = np.subtract(after["latency"][stage]["buckets"], before["latency"][stage]["buckets"])
+        total = after["latency"][stage]["sum_s"] - before["latency"][stage]["sum_s"]
+        n = max(int(counts.sum()), 1)
+        result[stage] = (histogram_quantile(0.5, counts, bounds) * 1e3, histogram_quantile(0.99, counts, bounds) * 1e3,
+                         total / n * 1e3)
+    return result
+
+
+def offer(bootstrap: str, topic: str, messages: list[Message], rate: float, tick_s: float = 0.005) -> None:
+    """Produce ``messages`` at ``rate`` per second. Every ``tick_s`` what is due goes out as one closed record
+    batch per partition (aiokafka, keyed by Kafka's default partitioner), each record with its scheduled time as
+    CreateTime, so the pacing delay (< tick_s) counts in the latency. tansu spends about a millisecond of CPU per
+    produce request, and it shares the 2 cores with the worker: a request per record or per 2 ms (kafka-python
+    with linger 0, as this bench did before) took more CPU from the worker than its own clicks."""
+    import asyncio
+
+    import aiokafka
+
+    async def run() -> None:
+        producer = aiokafka.AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+        await producer.start()
+        try:
+            partitions = sorted(await producer.partitions_for(topic))
+            deliveries = []
+            started_ms = time.time() * 1000.0
+            started = time.monotonic()
+            done = 0
+            while done < len(messages):
+                due = min(len(messages), int((time.monotonic() - started) * rate) + 1)
+                by_partition: dict[int, list[tuple[int, Message]]] = {}
+                for i in range(done, due):
+                    key = messages[i][0]
+                    by_partition.setdefault(producer._partitioner(key, partitions, partitions), []).append(
+                        (int(started_ms + i / rate * 1000.0), messages[i]))
+                for partition, records in by_partition.items():
+                    batch = producer.create_batch()
+                    for stamp, (key, value) in records:
+                        if batch.append(key=key, value=value, timestamp=stamp) is None:
+                            batch.close()
+                            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+                            batch = producer.create_batch()
+                            batch.append(key=key, value=value, timestamp=stamp)
+                    batch.close()
+                    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+                done = max(done, due)
+                await asyncio.sleep(max(started + done / rate - time.monotonic(), tick_s))
+            await asyncio.gather(*deliveries)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
 
 
 def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: list[Message], rates: list[float],
-              seconds: float) -> tuple[dict[float, tuple[float, float]], float]:
-    """p50/p99 click->prediction latency (ms, CreateTime to CreateTime) at each offered rate; bytes/session."""
-    from kafka import KafkaProducer
+              seconds: float, env: dict[str, str] | None = None) -> tuple[dict[float, tuple[float, float]], float,
+                                       dict[float, dict[str, tuple[float, float, float]]], dict[float, str]]:
+    """p50/p99 click->prediction latency (ms, CreateTime to CreateTime) at each offered rate; bytes/session; the
+    worker's own p50/p99/mean per stage at each rate; the CPU the worker and the broker used while it was offered.
 
-    prefix = f"worker-lat-{time.monotonic_ns()}"
-    app = App("worker", broker.bootstrap, models_dir, work, prefix)
+    Each rate gets a fresh worker on fresh topics: tansu's memory storage spends CPU on a fetch in proportion to
+    the partition's length (a consumer following the end of a 4-partition topic written at 2,400 records/s cost
+    it 33 % of a core on a fresh topic, 70 % once the topic held 70k records, 94 % at 140k), so rates measured
+    one after the other on one topic would each pay for the ones before."""
     results: dict[float, tuple[float, float]] = {}
-    sent = 0
-    measured: set[tuple[int, int]] = set()
-    try:
-        producer = KafkaProducer(bootstrap_servers=[broker.bootstrap], acks=1, linger_ms=0)
-        # Warm-up (not measured): group join, partition assignment, first batches.
-        warm_up = 500
-        for key, value in messages[:warm_up]:
-            producer.send(f"{prefix}-clicks", key=key, value=value)
-        producer.flush()
-        sent = warm_up
-        for record in read_records(broker.bootstrap, f"{prefix}-out", sent, timeout_s=120):
-            prediction = json.loads(record.value)
-            measured.add((prediction["partition"], prediction["offset"]))
-        for rate in rates:
-            n = min(int(rate * seconds), len(messages) - sent)
-            started = time.monotonic()
-            for i, (key, value) in enumerate(messages[sent : sent + n]):
-                delay = started + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                producer.send(f"{prefix}-clicks", key=key, value=value)
-            producer.flush()
-            sent += n
-            outputs = read_records(broker.bootstrap, f"{prefix}-out", sent, timeout_s=120)
-            inputs = read_records(broker.bootstrap, f"{prefix}-clicks", sent, timeout_s=60)
+    stages: dict[float, dict[str, tuple[float, float, float]]] = {}
+    cpu: dict[float, str] = {}
+    bytes_per_session = 0.0
+    for rate in rates:
+        prefix = f"worker-lat-{time.monotonic_ns()}"
+        app = App("worker", broker.bootstrap, models_dir, work, prefix, env)
+        try:
+            # Warm-up (not measured): group join, partition assignment, first batches.
+            warm_up = 500
+            offer(broker.bootstrap, f"{prefix}-clicks", messages[:warm_up], 5000.0)
+            measured: set[tuple[int, int]] = set()
+            for record in read_records(broker.bootstrap, f"{prefix}-out", warm_up, timeout_s=120):
+                prediction = json.loads(record.value)
+                measured.add((prediction["partition"], prediction["offset"]))
+            before = app.stats()
+            n = min(int(rate * seconds), len(messages) - warm_up)
+            started, worker_cpu, broker_cpu = time.monotonic(), cpu_seconds(app.process.pid), cpu_seconds(broker.pid)
+            offer(broker.bootstrap, f"{prefix}-clicks", messages[warm_up : warm_up + n], rate)
+            wall = time.monotonic() - started
+            cpu[rate] = (f"worker {(cpu_seconds(app.process.pid) - worker_cpu) / wall:.0%}, broker "
+                         f"{(cpu_seconds(broker.pid) - broker_cpu) / wall:.0%} of a core")
+            outputs = read_records(broker.bootstrap, f"{prefix}-out", warm_up + n, timeout_s=120)
+            inputs = read_records(broker.bootstrap, f"{prefix}-clicks", warm_up + n, timeout_s=60)
             sent_at = {(r.partition, r.offset): r.timestamp for r in inputs}
             lat = []
             for record in outputs:
@@ -144,14 +232,13 @@ def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: li
                     measured.add(source)
                     lat.append(record.timestamp - sent_at[source])
             results[rate] = (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
-        producer.close()
-        changelog = read_records(broker.bootstrap, f"{prefix}-sessions-changelog", 1, timeout_s=30)
-        changelog += read_records(broker.bootstrap, f"{prefix}-sessions-changelog", 10**9, timeout_s=5)
-        last = {r.key: len(r.value) for r in changelog if r.value is not None and r.key != PROGRESS_KEY}
-        bytes_per_session = statistics.fmean(last.values()) if last else 0.0
-    finally:
-        app.stop()
-    return results, bytes_per_session
+            stages[rate] = stage_percentiles(before, app.stats())
+            changelog = read_records(broker.bootstrap, f"{prefix}-sessions-changelog", 10**9, timeout_s=5)
+            last = {r.key: len(r.value) for r in changelog if r.value is not None and r.key != PROGRESS_KEY}
+            bytes_per_session = statistics.fmean(last.values()) if last else 0.0
+        finally:
+            app.stop()
+    return results, bytes_per_session, stages, cpu
 
 
 def main() -> None:
@@ -159,30 +246,57 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=60_000, help="backlog size for the sustained runs")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="duration of each offered-rate run")
     parser.add_argument("--models-dir", type=Path, help="serve this model (default: train one on train_tr)")
+    parser.add_argument("--old-path", action="store_true",
+                        help="also measure the worker and the pass-through on Faust's per-event path "
+                             "(STREAMREC_BATCH_DELIVERY=false), in the same run")
     args = parser.parse_args()
     messages = workload(args.events)
+    old_env = {"STREAMREC_BATCH_DELIVERY": "false"}
+    started_load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         work = Path(tmp)
         models_dir = given_or_trained(args.models_dir, work)
+        raw, _ = sustained("raw", broker, models_dir, work, messages)
         passthrough, _ = sustained("passthrough", broker, models_dir, work, messages)
         worker, worker_stats = sustained("worker", broker, models_dir, work, messages)
-        rates = [round(worker * f, -1) for f in (0.25, 0.5)]
-        lat, bytes_per_session = latencies(broker, models_dir, work, messages, rates, args.latency_seconds)
+        if args.old_path:
+            old_passthrough, _ = sustained("passthrough", broker, models_dir, work, messages, old_env)
+            old_worker, _ = sustained("worker", broker, models_dir, work, messages, old_env)
+        rates = [round(worker * f, -1) for f in (0.1, 0.25, 0.5)]
+        lat, bytes_per_session, stages, cpu = latencies(broker, models_dir, work, messages, rates,
+                                                        args.latency_seconds)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} cores, load average {started_load} at the start, {load} at the end")
     print(f"sustained over a {args.events}-event backlog (2,873-item model, top-20, 4 partitions):")
-    print(f"  pass-through agent: {passthrough:8.0f} events/s")
-    print(f"  worker:             {worker:8.0f} events/s   ratio {worker / passthrough:.2f}")
+    print(f"  raw aiokafka pass-through: {raw:8.0f} events/s")
+    print(f"  pass-through agent:        {passthrough:8.0f} events/s")
+    print(f"  worker:                    {worker:8.0f} events/s   ratio {worker / passthrough:.2f} to the "
+          f"pass-through, {worker / raw:.2f} to raw aiokafka")
+    if args.old_path:
+        print(f"  Faust's per-event path: pass-through {old_passthrough:8.0f} events/s, worker {old_worker:8.0f} "
+              f"events/s (ratio {old_worker / old_passthrough:.2f}); batch path / per-event path: worker "
+              f"{worker / old_worker:.2f}x, pass-through {passthrough / old_passthrough:.2f}x")
     for rate, (p50, p99) in lat.items():
-        print(f"  offered {rate:6.0f} ev/s ({rate / worker:.0%} of max): p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
+        print(f"  offered {rate:6.0f} ev/s ({rate / worker:.0%} of max): p50 {p50:6.1f} ms  p99 {p99:6.1f} ms "
+              f"(click CreateTime -> prediction CreateTime); CPU: {cpu[rate]}")
+        print("    worker, ms from CreateTime (p50 / p99 / mean): " + ",  ".join(
+            f"{stage} {a:.1f} / {b:.1f} / {c:.1f}" for stage, (a, b, c) in stages[rate].items()))
     print(f"  bytes per session (changelog value): {bytes_per_session:.0f}")
     busy = worker_stats["busy_seconds"]
     wall = args.events / worker
-    print(f"  worker batches: {worker_stats['batches']} (mean {args.events / worker_stats['batches']:.0f} clicks); "
-          f"time in batch handling {busy:.1f} s of {wall:.1f} s wall:")
+    median = histogram_quantile(0.5, worker_stats["batch_sizes"], worker_stats["batch_size_buckets"])
+    print(f"  worker batches: {worker_stats['batches']} (mean {args.events / worker_stats['batches']:.0f} clicks, "
+          f"median ~{median:.0f}); time in batch handling {busy:.1f} s of {wall:.1f} s wall (ack_wait overlaps "
+          "the next batch):")
     for stage, seconds in worker_stats["seconds_by_stage"].items():
         print(f"    {stage:<12} {seconds:6.2f} s  {seconds / args.events * 1e6:6.1f} us/click  {seconds / wall:5.1%}")
-    half = lat[rates[1]]
+    low, half = lat[rates[0]], lat[rates[-1]]
+    old = (f" old_events_per_s={old_worker:.0f} old_passthrough_events_per_s={old_passthrough:.0f}"
+           if args.old_path else "")
     print(f"events_per_s={worker:.0f} passthrough_events_per_s={passthrough:.0f} ratio={worker / passthrough:.2f} "
-          f"p50_ms={half[0]:.1f} p99_ms={half[1]:.1f} bytes_per_session={bytes_per_session:.0f}")
+          f"p50_ms={half[0]:.1f} p99_ms={half[1]:.1f} bytes_per_session={bytes_per_session:.0f} "
+          f"raw_events_per_s={raw:.0f} raw_ratio={worker / raw:.2f} p50_10pct_ms={low[0]:.1f} "
+          f"p99_10pct_ms={low[1]:.1f}{old}")
 
 
 if __name__ == "__main__":

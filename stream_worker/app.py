@@ -26,17 +26,18 @@ from stream_worker.record import Record
 from stream_worker.session_store import SessionStore
 from stream_worker.settings import WorkerSettings
 from stream_worker.stats import WorkerStats
-from stream_worker.transport import Transport
-from stream_worker.web import register_views
+from stream_worker.transport import BatchHandler, Transport
+from stream_worker.web import register_session_reads, register_views
 
 log = logging.getLogger(__name__)
 
 
 class StreamrecApp(faust.App):
-    """faust.App on the patched aiokafka transport (fetch wait, verified end offsets)."""
+    """faust.App on the patched aiokafka transport (fetch wait, verified end offsets, batch delivery)."""
 
     fetch_max_wait_ms: int = 1500
     gap_reader: GapReader | None = None
+    batch_handlers: dict[str, BatchHandler]  # topic -> handler of its fetched records (transport.Consumer)
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self, loop=self.loop)
@@ -84,14 +85,17 @@ def make_faust_app(settings: WorkerSettings) -> StreamrecApp:
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=10.0,
         broker_commit_interval=settings.commit_interval_s,
+        broker_max_poll_records=settings.max_batch_records if settings.batch_delivery else None,
         producer_acks=-1,
         producer_linger_ms=settings.producer_linger_ms,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        canonical_url=settings.canonical_url(),
         web_in_thread=False,
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.batch_handlers = {}
     return app
 
 
@@ -114,10 +118,14 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> StreamrecApp:
     partitions = ClicksPartitions(app, settings.clicks_topic)
     batch_path = BatchPath(settings, holder, store, sender, stats, gap_reader, partitions)
 
-    @app.agent(clicks_topic)
+    if settings.batch_delivery:  # each fetch of the clicks topic goes to the batch path as one list
+        app.batch_handlers[settings.clicks_topic] = batch_path.deliver
+
+    @app.agent(clicks_topic)  # (with batch delivery it receives nothing, but subscribes the topic for the group)
     async def process_clicks(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await batch_path.handle_delivered([_record(event) for event in events])
+            await batch_path.handle_delivered([_record(event) for event in events],
+                                              [_create_time_ms(event) for event in events])
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # (mode's stub wants a positional-only sender)
     async def reread_progress(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
@@ -175,9 +183,15 @@ def build_app(settings: WorkerSettings, holder: ModelHolder) -> StreamrecApp:
             await topic.maybe_declare()
 
     register_views(app, holder, stats, store, partitions)
+    register_session_reads(app, sessions, holder, store, settings.partitions, settings.read_forward_timeout_s)
     return app
 
 
 def _record(event: EventT) -> Record:
     message = event.message
     return Record(message.key, message.value, message.partition, message.offset)
+
+
+def _create_time_ms(event: EventT) -> int | None:
+    timestamp = event.message.timestamp  # (seconds)
+    return None if timestamp is None else int(timestamp * 1000)

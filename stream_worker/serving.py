@@ -45,6 +45,8 @@ class ServingModel:
         self._index_of_id = {item_id: i for i, item_id in enumerate(self.item_ids.tolist())}
         self._index_of_hash = {item_hash(item_id): i for item_id, i in self._index_of_id.items()}
         self.item_hash32 = np.array([item_hash32(i) for i in self.item_ids.tolist()], dtype=np.uint32)  # (n_items,)
+        self._hash32_order = np.argsort(self.item_hash32, kind="stable")  # (n_items,) item indices by hash32
+        self._hash32_sorted = self.item_hash32[self._hash32_order]  # (n_items,)
         self._popularity = np.asarray(artifact.popularity, dtype=np.float32)[None, :]  # (1, n_items)
         self._popular: dict[int, TopK] = {}
 
@@ -57,6 +59,14 @@ class ServingModel:
     def index_of(self, item_id: str) -> int:
         """Item index, or -1 for an item the model does not know."""
         return self._index_of_id.get(item_id, -1)
+
+    def indices_of_hash32(self, hashes: np.ndarray) -> list[np.ndarray]:
+        """Item indices whose ``item_hash32`` is each of ``hashes`` (k,): usually one; none for an item this model
+        does not know; several where two item ids share a 32-bit hash (ascending: the sort by hash is stable)."""
+        wanted = np.asarray(hashes, dtype=np.uint32)
+        first = np.searchsorted(self._hash32_sorted, wanted, side="left")
+        stop = np.searchsorted(self._hash32_sorted, wanted, side="right")
+        return [self._hash32_order[a:b] for a, b in zip(first.tolist(), stop.tolist(), strict=True)]
 
     def initial_state(self) -> np.ndarray:  # (state_size,)
         return self.network.initial_state(1)[0]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from stream_worker.online_metrics import OnlineEvaluator, summary
 from stream_worker.processor import BatchOutcome
@@ -22,7 +24,55 @@ class HolderStatus(Protocol):
     def model(self) -> Any: ...
 
 
-STAGES = ("parse", "load_state", "model", "publish_ack", "store_state")  # the steps of one batch, in order
+STAGES = ("parse", "load_state", "model", "publish", "ack_wait", "store_state")  # the steps of one batch, in order
+
+# Where a click is on its way, each measured from its Kafka CreateTime (the producer's clock; same host in the
+# benches): fetched (the consumer's fetch returned it), started (its batch began: after queueing behind earlier
+# batches), modelled (its prediction computed), acked (the predictions of its batch acknowledged by the broker),
+# stored (its session state and the partition's progress queued for the changelog).
+BATCH_SIZE_BUCKETS = np.array([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000], dtype=np.float64)
+LATENCY_STAGES = ("fetched", "started", "modelled", "acked", "stored")
+LATENCY_BUCKETS_S = np.array([
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.06, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+])  # upper bounds (le); one more bucket counts the rest
+
+
+class LatencyHistogram:
+    """A Prometheus histogram of latencies in seconds, observed many at a time (NumPy, no Python per click)."""
+
+    def __init__(self, bounds: np.ndarray = LATENCY_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)  # per bucket, not cumulative; last: > bounds[-1]
+        self.sum = 0.0
+
+    def observe(self, seconds: np.ndarray) -> None:
+        if len(seconds):
+            self.counts += np.bincount(np.searchsorted(self.bounds, seconds, side="left"), minlength=len(self.counts))
+            self.sum += float(seconds.sum())
+
+    @property
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+
+def histogram_quantile(q: float, counts: Sequence[int] | np.ndarray, bounds: Sequence[float] | np.ndarray) -> float:
+    """The q-quantile (0..1) of bucket counts (per bucket, not cumulative), interpolated linearly inside its bucket
+    as Prometheus' histogram_quantile does (the first bucket starts at 0; past the last bound: the last bound).
+    NaN without observations."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    cumulative = np.cumsum(counts)
+    bucket = int(np.searchsorted(cumulative, rank, side="left"))
+    if bucket >= len(bounds):
+        return float(bounds[-1])
+    lower = float(bounds[bucket - 1]) if bucket > 0 else 0.0
+    below = float(cumulative[bucket - 1]) if bucket > 0 else 0.0
+    inside = float(counts[bucket])
+    return lower + (float(bounds[bucket]) - lower) * ((rank - below) / inside if inside else 1.0)
 
 
 @dataclass
@@ -49,6 +99,9 @@ class WorkerStats:
     last_batch_seconds: float = 0.0
     busy_seconds: float = 0.0
     seconds_by_stage: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    latency: dict[str, LatencyHistogram] = field(
+        default_factory=lambda: {stage: LatencyHistogram() for stage in LATENCY_STAGES})
+    batch_sizes: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(BATCH_SIZE_BUCKETS))
     _next_offset: dict[int, int] = field(default_factory=dict)
     _delivered_at: dict[int, float] = field(default_factory=dict)  # partition -> monotonic time of a delivery
     _watermark: dict[int, float] = field(default_factory=dict)
@@ -80,9 +133,17 @@ class WorkerStats:
     def watermark(self, partition: int) -> float | None:
         return self._watermark.get(partition)
 
-    def note_batch(self, outcome: BatchOutcome, redelivered: int, marks: list[float]) -> None:
-        """Count a processed batch; ``marks`` are perf_counter() readings between the STAGES."""
+    def note_latency(self, stage: str, at: float, create_times: np.ndarray | None) -> None:
+        """Each click of a batch (``create_times``: Kafka CreateTime, seconds) reached ``stage`` at ``at``
+        (time.time())."""
+        if create_times is not None and len(create_times):
+            self.latency[stage].observe(np.maximum(at - create_times, 0.0))
+
+    def note_batch(self, outcome: BatchOutcome, redelivered: int, seconds: dict[str, float]) -> None:
+        """Count a processed batch; ``seconds`` it spent in each of the STAGES (``ack_wait`` is waiting, the
+        rest is work: ``busy_seconds``)."""
         self.batches += 1
+        self.batch_sizes.observe(np.array([len(outcome.predictions)], dtype=np.float64))
         self.predictions += len(outcome.predictions)
         self.redelivered += redelivered
         self.duplicates += outcome.duplicates + redelivered
@@ -91,10 +152,10 @@ class WorkerStats:
             self.online.add(version, rank)
         for path, count in outcome.by_path.items():
             self.predictions_by_path[path] = self.predictions_by_path.get(path, 0) + count
-        for stage, start, end in zip(STAGES, marks[:-1], marks[1:], strict=True):
-            self.seconds_by_stage[stage] += end - start
-        self.last_batch_seconds = marks[-1] - marks[0]
-        self.busy_seconds += self.last_batch_seconds
+        for stage, spent in seconds.items():
+            self.seconds_by_stage[stage] += spent
+        self.last_batch_seconds = sum(seconds.values())
+        self.busy_seconds += self.last_batch_seconds - seconds.get("ack_wait", 0.0)
 
     def expiry_due(self, interval_s: float) -> bool:
         now = time.monotonic()
@@ -131,12 +192,24 @@ class WorkerStats:
             "last_batch_seconds": self.last_batch_seconds,
             "busy_seconds": self.busy_seconds,
             "seconds_by_stage": dict(self.seconds_by_stage),
+            "latency_buckets_s": self.latency[LATENCY_STAGES[0]].bounds.tolist(),
+            "latency": {stage: {"count": h.count, "sum_s": h.sum, "buckets": h.counts.tolist(),
+                                **{f"p{q}_ms": _ms(histogram_quantile(q / 100, h.counts, h.bounds))
+                                   for q in (50, 90, 99)}}
+                        for stage, h in self.latency.items()},
+            "batch_size_buckets": self.batch_sizes.bounds.tolist(),
+            "batch_sizes": self.batch_sizes.counts.tolist(),
+            "batch_sizes_sum": self.batch_sizes.sum,
             "online": {
                 version: {"since_start": summary(total), "window": summary(window)}
                 for version in self.online.versions()
                 for total, window in [self.online.counts(version)]
             },
         }
+
+
+def _ms(seconds: float) -> float | None:
+    return None if np.isnan(seconds) else round(float(seconds) * 1000.0, 3)
 
 
 def prometheus_text(snapshot: dict[str, Any]) -> str:
@@ -147,6 +220,19 @@ def prometheus_text(snapshot: dict[str, Any]) -> str:
         lines.append(f"# HELP streamrec_{name} {help_text}")
         lines.append(f"# TYPE streamrec_{name} {kind}")
         lines.extend(f"streamrec_{name}{labels} {value}" for labels, value in samples)
+
+    def histogram(name: str, help_text: str, label: str | None, bounds: list[float],
+                  series: dict[str, tuple[list[int], float]]) -> None:
+        lines.append(f"# HELP streamrec_{name} {help_text}")
+        lines.append(f"# TYPE streamrec_{name} histogram")
+        for value, (counts, total) in series.items():
+            prefix = f'{label}="{value}",' if label else ""
+            cumulative = np.cumsum(counts).tolist()
+            for bound, count in zip([*(f"{b:g}" for b in bounds), "+Inf"], cumulative, strict=True):
+                lines.append(f'streamrec_{name}_bucket{{{prefix}le="{bound}"}} {count}')
+            labels = f"{{{prefix[:-1]}}}" if prefix else ""
+            lines.append(f"streamrec_{name}_sum{labels} {total}")
+            lines.append(f"streamrec_{name}_count{labels} {cumulative[-1]}")
 
     metric("events_total", "counter", "Click messages consumed.", [("", snapshot["events"])])
     metric("predictions_total", "counter", "Predictions published, by path.",
@@ -166,6 +252,11 @@ def prometheus_text(snapshot: dict[str, Any]) -> str:
     metric("consumer_lag", "gauge", "Clicks not yet processed, by partition.",
            [(f'{{partition="{p}"}}', lag) for p, lag in snapshot["lag"].items()])
     metric("model_info", "gauge", "Model version served.", [(f'{{version="{snapshot["model_version"]}"}}', 1)])
+    histogram("click_latency_seconds", "Time from a click's Kafka CreateTime until it reached a stage "
+              "(fetched, started, modelled, acked, stored).", "stage", snapshot["latency_buckets_s"],
+              {stage: (h["buckets"], h["sum_s"]) for stage, h in snapshot["latency"].items()})
+    histogram("batch_predictions", "Predictions per applied batch.", None, snapshot["batch_size_buckets"],
+              {"": (snapshot["batch_sizes"], snapshot["batch_sizes_sum"])})
     online = snapshot["online"]
     metric("online_evaluated_total", "counter", "Predictions whose next click was seen, by model version.",
            [(f'{{version="{v}"}}', m["since_start"]["n"]) for v, m in online.items()])

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from modelkit.artifact import load_artifact
@@ -436,3 +437,141 @@ def test_consumer_lags_per_assigned_partition() -> None:
             raise RuntimeError("consumer not started")
 
     assert consumer_lags(NotStarted(set()), stats) == {}
+
+
+# ---------------------------------------------------------------------------------------------------- pipeline
+
+
+class HeldSender(FakeSender):
+    """Predictions are acknowledged only when the test says so (``acknowledge``), in flush order."""
+
+    def __init__(self, log: list[tuple[Any, ...]]) -> None:
+        super().__init__(log)
+        self.held: list[asyncio.Future[Any]] = []
+
+    async def flush(self) -> list[asyncio.Future[Any]]:
+        topics = {topic for topic, _, _ in self.pending}
+        done = await super().flush()
+        if PREDICTIONS not in topics:
+            return done
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.held.append(held)
+        return [held]
+
+    def acknowledge(self, error: Exception | None = None) -> None:
+        held = self.held.pop(0)
+        if error is None:
+            held.set_result(None)
+        else:
+            held.set_exception(error)
+
+
+class PipelinedWorld(World):
+    def __init__(self, model: ServingModel, depth: int = 2) -> None:
+        super().__init__(model, _settings(pipeline_depth=depth))
+        self.sender: HeldSender = HeldSender(self.log)
+        self.path.sender = self.sender
+
+
+def _pipelined_world(model: ServingModel, depth: int = 2) -> PipelinedWorld:
+    return PipelinedWorld(model, depth)
+
+
+def _batches() -> list[list[Record]]:
+    """Three batches over the same sessions (each batch's states depend on the one before)."""
+    return [[_record(s, f"i{(n * 7 + i) % N_ITEMS}", 3 * n + i) for i, s in enumerate(("a", "b", "a"))]
+            for n in range(3)]
+
+
+def _sequential(model: ServingModel) -> World:
+    world = World(model)
+    for batch in _batches():
+        asyncio.run(world.path.handle_delivered(batch))
+    return world
+
+
+def _stable_predictions(world: World) -> list[tuple[str, int | None, list[str], list[float]]]:
+    return [(p.session_id, p.offset, p.items, p.scores) for p in world.predictions()]
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_the_next_batch_is_processed_while_the_previous_waits_for_its_acknowledgement(model: ServingModel) -> None:
+    world = _pipelined_world(model)
+    first, second, third = _batches()
+
+    async def run() -> None:
+        done1 = await world.path.deliver(first)
+        assert not done1.done() and world.store.data == {}  # sent, not acknowledged: nothing written
+        done2 = await world.path.deliver(second)  # processed from the first batch's states, held in memory
+        assert len(world.predictions()) == 6 and world.store.data == {} and world.store.progress == {}
+        third_delivered = asyncio.ensure_future(world.path.deliver(third))
+        await _settle()
+        assert not third_delivered.done()  # two batches wait for their acknowledgement: the third waits too
+        world.sender.acknowledge()  # the first batch's predictions
+        await _settle()
+        assert done1.done() and not done2.done() and world.store.progress == {0: 3}
+        done3 = await third_delivered
+        world.sender.acknowledge()
+        world.sender.acknowledge()
+        await asyncio.gather(done2, done3)
+
+    asyncio.run(run())
+    sequential = _sequential(model)
+    assert _stable_predictions(world) == _stable_predictions(sequential)
+    assert world.store.data == sequential.store.data and world.store.progress == sequential.store.progress == {0: 9}
+    writes = [entry for entry in world.log if entry[0] in ("put", "progress")]
+    assert writes == [entry for entry in sequential.log if entry[0] in ("put", "progress")]  # same order
+    assert world.path._pending_states == {} and world.path._pending_progress == {}
+    assert (world.stats.batches, world.stats.events, world.stats.predictions) == (3, 9, 9)
+
+
+def test_a_batch_whose_acknowledgement_fails_is_applied_again_with_the_batches_after_it(model: ServingModel) -> None:
+    world = _pipelined_world(model)
+    first, second, third = _batches()
+
+    async def run() -> None:
+        done1 = await world.path.deliver(first)
+        done2 = await world.path.deliver(second)
+        world.sender.acknowledge(OSError("broker gone"))  # the first batch's predictions never made it
+        await _settle()
+        assert world.store.data == {} and world.store.progress == {}  # neither tail wrote anything
+        world.sender.acknowledge()  # (the second batch's, sent on the first one's states: written by no one)
+        delivered3 = asyncio.ensure_future(world.path.deliver(third))  # after the recovery applied both again
+        while not (done1.done() and done2.done() and delivered3.done() and delivered3.result().done()):
+            if world.sender.held:
+                world.sender.acknowledge()
+            await asyncio.sleep(0.001)
+
+    asyncio.run(run())
+    sequential = _sequential(model)
+    assert world.store.data.keys() == sequential.store.data.keys() and world.store.progress == {0: 9}
+    for key, raw in world.store.data.items():  # (batches 1 and 2 were applied again as one: float noise)
+        got, want = SessionState.decode(raw), SessionState.decode(sequential.store.data[key])
+        assert (got.ring, got.last_offset, got.event_count) == (want.ring, want.last_offset, want.event_count)
+        np.testing.assert_allclose(got.model_state, want.model_state, atol=1e-5)
+    assert world.stats.batch_failures == 1 and world.dead_letters() == []
+    again = [(p.session_id, p.offset, p.items) for p in world.predictions()]
+    assert sorted(again[:6]) == sorted(again[6:12])  # the first two batches' predictions, sent again (as one)
+    assert again[12:] == [(p.session_id, p.offset, p.items) for p in sequential.predictions()][6:]
+
+
+def test_expiry_in_a_tail_spares_sessions_a_later_batch_already_moved_on(model: ServingModel) -> None:
+    world = _pipelined_world(model)
+    world.path.settings = _settings(pipeline_depth=2, session_ttl_s=100.0, expiry_interval_s=1e-9)
+    world.store.data[(0, session_key("old"))] = b"junk"  # unreadable: expired by any sweep
+
+    async def run() -> None:
+        done1 = await world.path.deliver([_record("a", "i1", 0, at=5000.0)])
+        done2 = await world.path.deliver([_record("old", "i2", 1, at=5000.0)])  # "old" moves on in batch 2
+        world.sender.acknowledge()
+        await done1  # batch 1's tail sweeps: "old" is spared, batch 2 is about to write it
+        assert world.store.data[(0, session_key("old"))] == b"junk"
+        world.sender.acknowledge()
+        await done2
+
+    asyncio.run(run())
+    assert SessionState.decode(world.store.data[(0, session_key("old"))]).event_count == 1

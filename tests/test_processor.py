@@ -16,10 +16,15 @@ from stream_worker.session_state import SessionState, StateDecodeError, item_has
 from tests.support.artifacts import random_artifact
 
 N_ITEMS, HIDDEN = 40, 8
+FAMILIES = ("gru4rec", "sasrec")
+SASREC_MAX_LEN = 4  # shorter than some test sessions: the window drops its oldest clicks
 
 
-def _model(tmp_path: Path, version: str = "v1", seed: int = 0) -> ServingModel:
-    path = random_artifact(tmp_path, version, items=N_ITEMS, layers=(HIDDEN,), seed=seed, noise=0.5, make_current=False)
+def _model(tmp_path: Path, version: str = "v1", seed: int = 0, family: str = "gru4rec") -> ServingModel:
+    """A random model with noisy weights: GRU4REC with one layer, or SASRec with 2 blocks of 2 heads."""
+    layers = (HIDDEN,) if family == "gru4rec" else (HIDDEN, HIDDEN)
+    path = random_artifact(tmp_path, version, family=family, items=N_ITEMS, layers=layers, max_len=SASREC_MAX_LEN,
+                           n_heads=2, seed=seed, noise=0.5, make_current=False)
     return ServingModel(load_artifact(path))
 
 
@@ -48,11 +53,14 @@ def test_top_k_orders_by_score_then_index() -> None:
     assert top.items.tolist() == [[1, 3, 2]]
 
 
-def test_predictions_match_offline_scores_for_any_batch_split(tmp_path: Path) -> None:
-    model = _model(tmp_path)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_predictions_match_offline_scores_for_any_batch_split(tmp_path: Path, family: str) -> None:
+    model = _model(tmp_path, family=family)
+    assert model.family == family
     offline = ModelScorer(load_artifact(model.artifact_path).model())
     rng = np.random.default_rng(1)
     sessions = {f"s{n}": rng.integers(0, N_ITEMS, size=rng.integers(1, 7)).tolist() for n in range(12)}
+    assert max(len(items) for items in sessions.values()) > SASREC_MAX_LEN
     offsets = iter(range(10_000))
     clicks = {s: [_click(s, f"i{i}", next(offsets)) for i in items] for s, items in sessions.items()}
     # All at once, and one click at a time (state carried through the encoded bytes).
@@ -97,19 +105,23 @@ def test_duplicates_unknown_items_and_popularity_fallback(tmp_path: Path) -> Non
     assert again.states["a"].known_count == 2 and again.states["a"].last_offset == 8
 
 
-def test_model_change_recomputes_state_from_ring(tmp_path: Path) -> None:
-    old, new = _model(tmp_path, "v1", seed=0), _model(tmp_path, "v2", seed=1)
-    clicks = [_click("a", f"i{i}", n) for n, i in enumerate([3, 9, 4])]
+@pytest.mark.parametrize(("old_family", "new_family"),
+                         [("gru4rec", "gru4rec"), ("gru4rec", "sasrec"), ("sasrec", "gru4rec"), ("sasrec", "sasrec")])
+def test_model_change_recomputes_state_from_ring(tmp_path: Path, old_family: str, new_family: str) -> None:
+    old, new = _model(tmp_path, "v1", seed=0, family=old_family), _model(tmp_path, "v2", seed=1, family=new_family)
+    clicks = [_click("a", f"i{i}", n) for n, i in enumerate([3, 9, 4, 12, 30])]  # more than SASRec's window
     state = process_batch(old, {"a": clicks}, {}, k=5, ring_size=50, received_at=0.0).states["a"]
     on_new = process_batch(new, {"a": [_click("a", "i7", 10)]}, {"a": state}, k=5, ring_size=50, received_at=0.0)
     fresh = process_batch(new, {"a": [*clicks, _click("a", "i7", 10)]}, {}, k=5, ring_size=50, received_at=0.0)
     assert on_new.recomputed == 1 and on_new.states["a"].model_version == "v2"
+    assert on_new.states["a"].model_state.shape == (new.network.state_size,)  # the new family's state
     np.testing.assert_allclose(on_new.states["a"].model_state, fresh.states["a"].model_state, atol=1e-6)
     assert on_new.predictions[-1][1].split(b'"scores"')[0] == fresh.predictions[-1][1].split(b'"scores"')[0]
 
 
-def test_online_ranks_answer_the_previous_prediction_within_and_across_batches(tmp_path: Path) -> None:
-    model = _model(tmp_path)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_online_ranks_answer_the_previous_prediction_within_and_across_batches(tmp_path: Path, family: str) -> None:
+    model = _model(tmp_path, family=family)
     items = [3, 9, 4, 4, 17, 2]
     clicks = [_click("a", f"i{i}", n) for n, i in enumerate(items)]
     together = process_batch(model, {"a": clicks}, {}, k=N_ITEMS, ring_size=50, received_at=0.0)
@@ -128,3 +140,44 @@ def test_online_ranks_answer_the_previous_prediction_within_and_across_batches(t
     assert together.ranks == ranks == expected  # k = all items: the online rank is the offline rank
     top5 = process_batch(model, {"a": clicks}, {}, k=5, ring_size=50, received_at=0.0).ranks
     assert top5 == [(v, r if r <= 5 else 0) for v, r in expected]  # outside the published top-k: a miss
+
+
+def test_a_session_with_only_duplicates_keeps_the_state_of_a_model_of_another_size(tmp_path: Path) -> None:
+    """Its state belongs to an older model whose state size differs (e.g. after a swap between families); the
+    batch's other sessions are still processed (this used to fail the whole batch in np.stack)."""
+    old, new = _model(tmp_path, "v1", family="gru4rec"), _model(tmp_path, "v2", seed=1, family="sasrec")
+    assert old.network.state_size != new.network.state_size
+    stale = process_batch(old, {"a": [_click("a", "i3", 4)]}, {}, k=5, ring_size=50, received_at=0.0).states["a"]
+    out = process_batch(new, {"a": [_click("a", "i3", 4)], "b": [_click("b", "i5", 5), _click("b", "i6", 6)]},
+                        {"a": stale}, k=5, ring_size=50, received_at=0.0)
+    assert out.duplicates == 1 and list(out.states) == ["b"] and len(out.predictions) == 2
+    assert stale.model_version == "v1" and stale.model_state.shape == (old.network.state_size,)
+
+
+def test_vectorised_ranks_equal_the_rank_of_each_click() -> None:
+    from stream_worker.processor import rank_in_previous, ranks_in_previous
+
+    rng = np.random.default_rng(3)
+    tops = rng.integers(0, 12, size=(200, 6)).astype(np.uint32)  # repeated hashes: the first match counts
+    scores = rng.integers(0, 4, size=(200, 6)).astype(np.float32)  # ties count against
+    clicked = rng.integers(0, 14, size=200).astype(np.uint32)  # 12, 13: never shown
+    expected = [rank_in_previous(t, s, int(c)) for t, s, c in zip(tops, scores, clicked, strict=True)]
+    assert ranks_in_previous(tops, scores, clicked).tolist() == expected
+    assert 0 in expected and max(expected) == 6
+
+
+def test_re_sent_clicks_are_duplicates_within_a_batch_as_across_batches(tmp_path: Path) -> None:
+    """The same click re-sent by the producer (event id, item and time), right after itself, applies once whether
+    the two arrive in one batch or two; a reused id with another item or time is a new click."""
+    model = _model(tmp_path)
+    clicks = [_click("a", "i1", 0, "e1"), _click("a", "i1", 1, "e1", at=1000.0), _click("a", "i2", 2, "e1"),
+              _click("a", "i2", 3, "e1", at=1002.0), _click("a", "i2", 4, "e1", at=1002.5), _click("a", "i2", 5)]
+    together = process_batch(model, {"a": clicks}, {}, k=5, ring_size=50, received_at=0.0)
+    state: SessionState | None = None
+    duplicates = 0
+    for click in clicks:
+        out = process_batch(model, {"a": [click]}, {"a": state}, k=5, ring_size=50, received_at=0.0)
+        duplicates += out.duplicates
+        state = SessionState.decode(out.states["a"].encode()) if "a" in out.states else state
+    assert together.duplicates == duplicates == 2  # offsets 1 and 3
+    assert state is not None and together.states["a"].encode() == state.encode()

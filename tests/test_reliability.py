@@ -24,7 +24,7 @@ from stream_worker.replay import produce_raw
 from stream_worker.session_state import SessionState, item_hash
 from stream_worker.settings import WorkerSettings
 from stream_worker.tail import read_topic
-from tests.support.artifacts import random_artifact, train_model
+from tests.support.artifacts import random_artifact, random_rsc15_artifact, train_model
 from tests.support.crash import run_crash_recovery
 from tests.support.streaming import WorkerProcess
 from tests.support.workloads import workload
@@ -34,6 +34,14 @@ from tests.support.workloads import workload
 def rsc15_models(tmp_path_factory: pytest.TempPathFactory, rsc15_dir: Path) -> Path:
     directory = tmp_path_factory.mktemp("models")
     train_model(directory, rsc15_dir)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def rsc15_sasrec_models(tmp_path_factory: pytest.TempPathFactory, rsc15_dir: Path) -> Path:
+    """SASRec with random weights over the items ``rsc15_models`` knows (there is no SASRec training yet)."""
+    directory = tmp_path_factory.mktemp("sasrec-models")
+    random_rsc15_artifact(directory, "sasrec", "rel-sasrec-v1", rsc15_dir)
     return directory
 
 
@@ -48,13 +56,17 @@ def small_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["gru4rec", "sasrec"])
 def test_sigkill_loop_loses_nothing_and_ends_in_the_fault_free_state(
-    broker: Any, rsc15_models: Path, rsc15_dir: Path, tmp_path: Path
+    broker: Any, family: str, request: pytest.FixtureRequest, rsc15_dir: Path, tmp_path: Path
 ) -> None:
     """5 SIGKILLs at random moments (every second restart without RocksDB): every event predicted, every
-    prediction (duplicates included) equal to the fault-free one, final table equal to the fault-free states."""
-    report = run_crash_recovery(broker.bootstrap, rsc15_models, tmp_path, workload(30_000, rsc15_dir), n_kills=5,
+    prediction (duplicates included) equal to the fault-free one, final table equal to the fault-free states;
+    with a GRU4REC (hidden state) and a SASRec (window of items) model."""
+    models = Path(request.getfixturevalue("rsc15_models" if family == "gru4rec" else "rsc15_sasrec_models"))
+    report = run_crash_recovery(broker.bootstrap, models, tmp_path, workload(30_000, rsc15_dir), n_kills=5,
                                 seed=3, max_gap_s=2.5, log=lambda _: None)
+    assert report.model["family"] == family
     assert len(report.kills) == 5
     assert report.predictions["without_prediction"] == 0
     assert report.predictions["differing_from_fault_free"] == 0, report.predictions["examples"]
@@ -104,13 +116,16 @@ def test_broker_outage_with_durable_storage_is_survived(rsc15_models: Path, rsc1
 
 @pytest.mark.slow
 @pytest.mark.broker  # its own tansu
-def test_memory_broker_restart_loses_everything_and_needs_a_fresh_data_dir(
+def test_memory_broker_restart_stops_the_worker_and_its_next_start_is_fresh(
     small_models: Path, tmp_path: Path
 ) -> None:
-    """Documents what a memory-storage restart does: every topic, committed offset and the changelog are gone,
-    while the worker's RocksDB still holds offsets the new broker never had. Observed outcomes: Faust's recovery
-    raises ConsistencyError and the worker exits 1, or (no rebalance) the worker stays up with fetch positions
-    past the end of the recreated topic and consumes nothing. Either way a fresh data dir is the way out."""
+    """A memory-storage restart wipes every topic, committed offset and the changelog while the worker's RocksDB
+    keeps its offsets. This test used to assert the failure (ConsistencyError, or a worker that stayed up and
+    consumed nothing) and that only deleting the data dir by hand helped. Now the running worker notices that the
+    broker's identity marker is gone (at the rebalance, before Faust's recovery could raise ConsistencyError, or
+    within ``broker_identity_check_s`` without one) and stops with one CRITICAL line, and its next start on the
+    same data dir drops the stale table data with one log line and predicts every click
+    (stream_worker/broker_identity.py)."""
     from stream_worker.tail import end_offsets
     from tests.support.outage import Tansu
 
@@ -119,6 +134,7 @@ def test_memory_broker_restart_loses_everything_and_needs_a_fresh_data_dir(
     worker = WorkerProcess(broker.bootstrap, small_models, data_dir, "memrestart", tmp_path / "worker.log")
     messages = [(f"s{n % 50}".encode(), json.dumps({"session_id": f"s{n % 50}", "item_id": f"i{n % 40}",
                                                      "timestamp": 1000.0 + n}).encode()) for n in range(2000)]
+    check_s = WorkerSettings().broker_identity_check_s
     try:
         worker.start()
         produce_raw(broker.bootstrap, worker.topic("clicks"), messages)
@@ -129,20 +145,17 @@ def test_memory_broker_restart_loses_everything_and_needs_a_fresh_data_dir(
         assert end_offsets(broker.bootstrap, "memrestart-worker-sessions-changelog", timeout_s=2) == {}
         assert worker.process is not None
         try:
-            worker.process.wait(40)
-        except subprocess.TimeoutExpired:  # still running: is it consuming?
-            before = worker.stats()["events"]
-            produce_raw(broker.bootstrap, worker.topic("clicks"), messages[:200])
-            time.sleep(15)
-            if worker.process.poll() is None:
-                assert worker.stats()["events"] == before, "consumes again: update docs/reliability.md"
-        if worker.process.poll() is not None:
-            assert worker.process.returncode != 0 and "ConsistencyError" in worker.log_path.read_text()
-        worker.stop()
-        shutil.rmtree(data_dir)
-        worker.start()
-        produce_raw(broker.bootstrap, worker.topic("clicks"), messages[:100])
-        worker.wait_until(lambda s: s["predictions"] >= 100, what="fresh worker predicts")
+            code = worker.process.wait(check_s + 40)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker still running {check_s + 40:g} s after the broker came back empty: a stall")
+        assert code != 0 and worker.log_count("CRITICAL stream_worker.broker_identity: the broker at") == 1
+        assert worker.log_count("ConsistencyError") == 0
+
+        worker.start()  # the same data dir
+        assert worker.log_count("is not the one the local table data came from") == 1
+        produce_raw(broker.bootstrap, worker.topic("clicks"), messages[:500])
+        worker.wait_until(lambda s: s["predictions"] >= 500, what="fresh worker predicts every click")
+        assert worker.log_count("ConsistencyError") == 0
     finally:
         worker.stop()
         broker.stop()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -73,6 +74,26 @@ class WorkerProcess:
     def get(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=2) as response:
             return str(response.read().decode())
+
+    @property
+    def url(self) -> str:
+        """The worker's canonical URL (what Faust's routing knows it by)."""
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def request(self, path: str, timeout: float = 10.0) -> tuple[int, Any, dict[str, str]]:
+        """GET ``path`` (already percent-encoded): status, JSON body and headers, also for 4xx/5xx answers."""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
+                return response.status, json.loads(response.read()), dict(response.headers)
+        except urllib.error.HTTPError as error:
+            body = error.read()
+            return error.code, json.loads(body) if body else None, dict(error.headers)
+
+    def log_count(self, text: str) -> int:
+        """Lines of the worker's log (all its runs) that contain ``text``."""
+        if not self.log_path.exists():
+            return 0
+        return sum(text in line for line in self.log_path.read_text(errors="replace").splitlines())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``sig`` to the worker (its own PID only) and wait for it to exit."""
