@@ -214,6 +214,7 @@ def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: li
             for record in read_records(broker.bootstrap, f"{prefix}-out", warm_up, timeout_s=120):
                 prediction = json.loads(record.value)
                 measured.add((prediction["partition"], prediction["offset"]))
+            time.sleep(3.0)  # (start-up work settles: first commits, timers, the start-up heap's last collection)
             before = app.stats()
             n = min(int(rate * seconds), len(messages) - warm_up)
             started, worker_cpu, broker_cpu = time.monotonic(), cpu_seconds(app.process.pid), cpu_seconds(broker.pid)

@@ -114,8 +114,15 @@ def _same_click(a: ClickEvent, b: ClickEvent) -> bool:
     return False
 
 
-def new_state(model: ServingModel) -> SessionState:
-    return SessionState(model.version, model.initial_state())
+_NO_TOP = np.zeros(0, np.uint32)
+_NO_SCORES = np.zeros(0, np.float32)
+
+
+def new_state(model: ServingModel, initial: np.ndarray | None = None) -> SessionState:
+    """A session's first state; ``initial`` (the model's initial state) may be shared: process_batch replaces a
+    state's arrays, never writes into them."""
+    return SessionState(model.version, model.initial_state() if initial is None else initial,
+                        last_top=_NO_TOP, last_scores=_NO_SCORES)
 
 
 def process_batch(
@@ -140,8 +147,9 @@ def process_batch(
     current: list[SessionState] = []
     fresh: list[list[Click]] = []
     first_ranked: list[int] = []  # sessions whose first fresh click answers the prediction stored with the state
+    initial = model.initial_state()
     for session_id in session_ids:
-        state = states.get(session_id) or new_state(model)
+        state = states.get(session_id) or new_state(model, initial)
         clicks: list[Click] = []
         previous: ClickEvent | None = None  # the last click applied in this batch
         for click in clicks_by_session[session_id]:
