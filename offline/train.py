@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from modelkit.gru4rec import initial_weights
-from offline.batching import MiniBatch, session_parallel_batches
+from offline.batching import session_parallel_batches
 from offline.hyperparams import GRU4RecParams
 from offline.losses import bpr_max, cross_entropy_logq
 from offline.model_tf import GRU4RecTF, reset_hidden
-from offline.sampling import SampleCache
+from offline.sampling import NegativeSampler, step_items
 from offline.session_arrays import SessionArrays
 from offline.training_report import TrainingReport
 
@@ -39,16 +38,15 @@ class _AdagradMomentum:
         velocity = self.velocities[i].assign(self.momentum * self.velocities[i] - self.learning_rate * step)
         variable.assign_add(velocity)
 
-    def apply_rows(self, i: int, variable: tf.Variable, grad: tf.IndexedSlices) -> None:
-        """Update only the rows in ``grad``; duplicate indices are summed first (the update is non-linear)."""
-        rows, position = tf.unique(grad.indices)
-        values = tf.math.unsorted_segment_sum(grad.values, position, tf.size(rows))
-        acc = tf.gather(self.accumulators[i], rows) + tf.square(values)
+    def apply_rows(self, i: int, variable: tf.Variable, rows: tf.Tensor, grads: tf.Tensor) -> None:
+        """Update only ``rows`` (distinct: duplicates must be summed first, the update is non-linear) by their
+        gradients ``grads`` (len(rows), ...)."""
+        acc = tf.gather(self.accumulators[i], rows) + tf.square(grads)
         self.accumulators[i].scatter_update(tf.IndexedSlices(acc, rows))
-        step = values / tf.sqrt(acc + ADAGRAD_EPS)
+        step = grads / tf.sqrt(acc + ADAGRAD_EPS)
         velocity = self.momentum * tf.gather(self.velocities[i], rows) - self.learning_rate * step
         self.velocities[i].scatter_update(tf.IndexedSlices(velocity, rows))
-        variable.scatter_add(tf.IndexedSlices(velocity, rows))
+        variable.scatter_update(tf.IndexedSlices(tf.gather(variable, rows) + velocity, rows))
 
 
 class GRU4RecTrainer:
@@ -69,7 +67,7 @@ class GRU4RecTrainer:
         self.n_layers = len(self.model.gru_layers)
         self.variables = [self.model.item_embedding, self.model.item_bias, *self.model.dense_variables]
         self.optimizer = _AdagradMomentum(self.variables, params.learning_rate, params.momentum)
-        self.samples = SampleCache(
+        self.sampler = NegativeSampler(
             item_counts, params.n_sample, params.sample_alpha, np.random.default_rng(params.seed)
         )
         self.log_popularity = tf.constant(np.log(np.maximum(item_counts, 1)).astype(np.float32))
@@ -79,100 +77,143 @@ class GRU4RecTrainer:
         keep = tf.cast(self.rng.uniform(shape) >= p, tf.float32)
         return keep / (1.0 - p)
 
-    def _loss(self, scores: tf.Tensor, targets: tf.Tensor, samples: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    @tf.function(jit_compile=True)
+    def _loss_and_gradient(
+        self, scores: tf.Tensor, bias: tf.Tensor, items: tf.Tensor, counts: tf.Tensor, target_columns: tf.Tensor,
+        valid: tf.Tensor,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The sampled loss, forward and backward fused by XLA -> the loss, its gradient w.r.t. ``scores`` and
+        w.r.t. the items' ``bias`` (width,).
+
+        ``scores`` (batch, batch + width), without bias, are those of the candidates: the slots' targets, then a
+        step's items (sampling.StepItems) weighted by ``counts``.
+        """
         p = self.params
-        candidate_mask = tf.concat([valid, tf.ones(tf.shape(samples), tf.float32)], axis=0)
-        if p.loss == "cross-entropy":
-            log_q = tf.concat(
-                [tf.gather(self.log_popularity, targets), p.sample_alpha * tf.gather(self.log_popularity, samples)],
-                axis=0,
-            )
-            return cross_entropy_logq(scores, p.logq * log_q, candidate_mask, valid)
-        return bpr_max(scores, candidate_mask, valid, p.bpreg, p.elu_param)
+        with tf.GradientTape() as tape:
+            tape.watch([scores, bias])
+            logits = scores + tf.concat([tf.gather(bias, target_columns), bias], axis=0)
+            weights = tf.concat([valid, counts], axis=0)  # (batch + width,) multiplicity of each candidate
+            if p.loss == "cross-entropy":
+                log_q = tf.gather(self.log_popularity, items)  # (width,)
+                log_q = tf.concat([tf.gather(log_q, target_columns), p.sample_alpha * log_q], axis=0)
+                loss = cross_entropy_logq(logits, p.logq * log_q, weights, valid)
+            else:
+                loss = bpr_max(logits, weights, valid, p.bpreg, p.elu_param)
+            loss = loss / float(p.batch_size)
+        d_scores, d_bias = tape.gradient(loss, [scores, bias])
+        return loss, d_scores, d_bias
+
+    def _gru(self, embedded: tf.Tensor, hidden: tf.Tensor, masks: list[tf.Tensor]) -> list[tf.Tensor]:
+        """New hidden state of every layer from the embedded inputs (batch, hidden) and the state (layers,
+        batch, size); ``masks``: dropout of the embedding, then of each layer's output (empty: no dropout)."""
+        x = embedded * masks[0] if self.params.dropout_p_embed > 0 else embedded
+        layer_masks = masks[-self.n_layers :] if self.params.dropout_p_hidden > 0 else None
+        return self.model.hidden_step(x, tf.unstack(hidden, num=self.n_layers), layer_masks)
+
+    def _dropout_masks(self, batch: tf.Tensor) -> list[tf.Tensor]:
+        """Dropout masks (batch, size) of the embedding and of every layer's output, where they apply."""
+        p = self.params
+        masks = []
+        if p.dropout_p_embed > 0:
+            masks.append(self._dropout_mask(tf.stack([batch, p.hidden_size]), p.dropout_p_embed))
+        if p.dropout_p_hidden > 0:
+            masks += [self._dropout_mask(tf.stack([batch, size]), p.dropout_p_hidden) for size in p.layers]
+        return masks
 
     def _train_step(
-        self, inputs: tf.Tensor, targets: tf.Tensor, valid: tf.Tensor, starts: tf.Tensor, samples: tf.Tensor,
-        hidden: tf.Tensor,
+        self, valid: tf.Tensor, starts: tf.Tensor, items: tf.Tensor, counts: tf.Tensor, target_columns: tf.Tensor,
+        input_columns: tf.Tensor, n_candidates: tf.Tensor, n_rows: tf.Tensor, hidden: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """One mini-batch: reset started slots, forward, sampled loss, backward (one step), sparse/dense update."""
-        p = self.params
+        """One mini-batch (one step of sampling.StepItems): reset started slots, forward, sampled loss, backward,
+        sparse/dense update.
+
+        The candidates are the slots' targets, then the step's items weighted by their sample counts. The GRU
+        runs under a tape; the scoring matmuls and their gradients are explicit (oneDNN); the loss is XLA-fused.
+        """
+        model = self.model
+        batch = tf.shape(valid)[0]
         hidden = reset_hidden(hidden, starts)
-        candidates = tf.concat([targets, samples], axis=0)  # (batch + n_sample,)
-        batch = tf.shape(inputs)[0]
-        masks = [self._dropout_mask(tf.stack([batch, size]), p.dropout_p_hidden) for size in p.layers]
+        block = tf.gather(model.item_embedding, items)  # (width, hidden) every item row the step touches
+        vectors = tf.concat([tf.gather(block, target_columns), block], axis=0)  # (batch + width, hidden)
+        embedded = tf.gather(block, input_columns)  # (batch, hidden)
+        masks = self._dropout_masks(batch)
         with tf.GradientTape() as tape:
-            x = self.model.embed(inputs)
-            if p.dropout_p_embed > 0:
-                x = x * self._dropout_mask(tf.shape(x), p.dropout_p_embed)
-            layers = tf.unstack(tf.stop_gradient(hidden), num=self.n_layers)
-            new_hidden = self.model.hidden_step(x, layers, masks if p.dropout_p_hidden > 0 else None)
-            scores = self.model.score(new_hidden[-1], candidates)  # (batch, batch + n_sample)
-            loss = self._loss(scores, targets, samples, valid) / float(p.batch_size)
-        grads = tape.gradient(loss, self.variables)
-        for i, (variable, grad) in enumerate(zip(self.variables, grads, strict=True)):
-            if isinstance(grad, tf.IndexedSlices):
-                self.optimizer.apply_rows(i, variable, grad)
-            else:
-                self.optimizer.apply_dense(i, variable, grad)
-        return tf.stack(new_hidden), loss
+            tape.watch(embedded)
+            layers = self._gru(embedded, hidden, masks)
+        output = layers[-1]  # (batch, hidden)
+        scores = tf.matmul(output, vectors, transpose_b=True)  # (batch, batch + width)
+        loss, d_scores, d_bias = self._loss_and_gradient(
+            scores, tf.gather(model.item_bias, items), items, counts, target_columns, valid
+        )
+        d_output = tf.matmul(d_scores, vectors)  # (batch, hidden)
+        d_vectors = tf.matmul(d_scores, output, transpose_a=True)  # (batch + width, hidden)
+        d_embedded, *d_dense = tape.gradient(output, [embedded, *model.dense_variables], d_output)
+        for i, grad in enumerate(d_dense, start=2):
+            self.optimizer.apply_dense(i, self.variables[i], grad)
+        # The targets' and inputs' gradients join their item's row (empty slots add zeros).
+        d_block = tf.tensor_scatter_nd_add(
+            d_vectors[batch:], tf.concat([target_columns, input_columns], axis=0)[:, None],
+            tf.concat([d_vectors[:batch], d_embedded], axis=0),
+        )
+        self.optimizer.apply_rows(0, model.item_embedding, items[:n_rows], d_block[:n_rows])
+        self.optimizer.apply_rows(1, model.item_bias, items[:n_candidates], d_bias[:n_candidates])
+        return tf.stack(layers), loss
 
     @tf.function(reduce_retracing=True)
     def _train_steps(
-        self, inputs: tf.Tensor, targets: tf.Tensor, valid: tf.Tensor, starts: tf.Tensor, samples: tf.Tensor,
-        hidden: tf.Tensor,
+        self, first: tf.Tensor, n_steps: tf.Tensor, valid: tf.Tensor, starts: tf.Tensor, items: tf.Tensor,
+        counts: tf.Tensor, target_columns: tf.Tensor, input_columns: tf.Tensor, n_candidates: tf.Tensor,
+        n_rows: tf.Tensor, hidden: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Run ``len(inputs)`` consecutive mini-batches in one compiled call; returns hidden and per-step losses."""
-        n_steps = tf.shape(inputs)[0]
+        """Run steps ``first`` to ``first + n_steps`` of the epoch (arrays (epoch_steps, ...): the slots, then
+        sampling.StepItems) in one call; returns hidden and the per-step losses (n_steps,)."""
         losses = tf.TensorArray(tf.float32, size=n_steps)
         for t in tf.range(n_steps):
-            hidden, loss = self._train_step(inputs[t], targets[t], valid[t], starts[t], samples[t], hidden)
+            s = first + t
+            hidden, loss = self._train_step(
+                valid[s], starts[s], items[s], counts[s], target_columns[s], input_columns[s], n_candidates[s],
+                n_rows[s], hidden,
+            )
             losses = losses.write(t, loss)
         return hidden, losses.stack()
-
-    def _chunks(self, data: SessionArrays) -> Iterator[tuple[list[MiniBatch], np.ndarray]]:
-        chunk: list[MiniBatch] = []
-        for batch in session_parallel_batches(data, self.params.batch_size):
-            chunk.append(batch)
-            if len(chunk) == self.params.steps_per_call:
-                yield chunk, self.samples.take(len(chunk))
-                chunk = []
-        if chunk:
-            yield chunk, self.samples.take(len(chunk))
 
     def fit(self, data: SessionArrays, progress: bool = True) -> TrainingReport:
         """Train for ``n_epochs`` over ``data`` (session order kept, never shuffled)."""
         p = self.params
         report = TrainingReport()
-        events_per_epoch = int((data.lengths[data.lengths >= 2] - 1).sum())
-        for epoch in range(p.n_epochs):
+        batches = session_parallel_batches(data, p.batch_size)  # the same every epoch
+        pairs = batches.valid.sum(axis=1)  # (n_steps,)
+        slots = [tf.constant(batches.valid, tf.float32), tf.constant(batches.starts, tf.float32)]  # (n_steps, batch)
+        for number in range(p.n_epochs):
             hidden = tf.zeros((self.n_layers, p.batch_size, p.hidden_size), tf.float32)
             loss_sum, n_pairs = 0.0, 0
             started = time.perf_counter()
-            bar = tqdm(total=events_per_epoch, desc=f"epoch {epoch + 1}/{p.n_epochs}", unit="ev", disable=not progress)
-            for chunk, samples in self._chunks(data):
-                valid = np.stack([b.valid for b in chunk]).astype(np.float32)  # (steps, batch)
-                hidden, losses = self._train_steps(
-                    tf.constant(np.stack([b.inputs for b in chunk]), tf.int64),
-                    tf.constant(np.stack([b.targets for b in chunk]), tf.int64),
-                    tf.constant(valid),
-                    tf.constant(np.stack([b.starts for b in chunk]).astype(np.float32)),
-                    tf.constant(samples, tf.int64),
-                    hidden,
+            touched = step_items(self.sampler.take(batches.n_steps), batches)
+            items = [
+                tf.constant(array) for array in (
+                    touched.items, touched.counts, touched.target_columns, touched.input_columns,
+                    touched.n_candidates, touched.n_rows,
                 )
-                pairs = valid.sum(axis=1)  # (steps,)
+            ]  # (n_steps, ...) each
+            bar = tqdm(total=int(pairs.sum()), desc=f"epoch {number + 1}/{p.n_epochs}", unit="ev",
+                       disable=not progress)
+            for first in range(0, batches.n_steps, p.steps_per_call):
+                n_steps = min(p.steps_per_call, batches.n_steps - first)
+                hidden, losses = self._train_steps(tf.constant(first), tf.constant(n_steps), *slots, *items, hidden)
                 loss_sum += float(np.sum(losses.numpy() * p.batch_size))
-                n_pairs += int(pairs.sum())
-                bar.update(int(pairs.sum()))
+                chunk_pairs = int(pairs[first : first + n_steps].sum())
+                n_pairs += chunk_pairs
+                bar.update(chunk_pairs)
                 bar.set_postfix(loss=f"{loss_sum / max(n_pairs, 1):.4f}")
             bar.close()
             elapsed = time.perf_counter() - started
             epoch_loss = loss_sum / max(n_pairs, 1)
             if not np.isfinite(epoch_loss):
-                raise FloatingPointError(f"training diverged in epoch {epoch + 1} (loss {epoch_loss})")
+                raise FloatingPointError(f"training diverged in epoch {number + 1} (loss {epoch_loss})")
             report.epoch_losses.append(epoch_loss)
             report.seconds += elapsed
             report.events += n_pairs
-            log.info("epoch %d: loss %.5f, %.1f s, %.0f events/s", epoch + 1, epoch_loss, elapsed, n_pairs / elapsed)
+            log.info("epoch %d: loss %.5f, %.1f s, %.0f events/s", number + 1, epoch_loss, elapsed, n_pairs / elapsed)
         return report
 
     def weights(self) -> dict[str, np.ndarray]:

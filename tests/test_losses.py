@@ -60,23 +60,57 @@ def test_bpr_max_ignores_masked_candidates() -> None:
     assert math.isclose(float(got), _bpr_max_by_hand(SCORES[:, :2], 1.0, 0.0), rel_tol=1e-5)
 
 
-def test_adagrad_momentum_rows_sum_duplicates_and_touch_only_their_rows() -> None:
+def test_a_candidate_of_weight_w_counts_as_w_copies() -> None:
+    """Targets, then distinct samples weighted by their counts: the same loss as the samples listed out."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(3, 7)).astype(np.float32)  # 3 targets, then 4 distinct samples
+    log_q = rng.normal(size=7).astype(np.float32)
+    counts = [2, 1, 3, 1]
+    listed = np.concatenate([np.arange(3), 3 + np.repeat(np.arange(4), counts)])  # the samples with repeats
+    rows = tf.constant([1.0, 0.0, 1.0])  # slot 1 is empty
+    weighted = tf.constant([1.0, 0.0, 1.0, *counts])
+    ones = tf.constant([1.0, 0.0, 1.0] + [1.0] * sum(counts))
+    pairs = [
+        (cross_entropy_logq(tf.constant(scores), tf.constant(log_q), weighted, rows),
+         cross_entropy_logq(tf.constant(scores[:, listed]), tf.constant(log_q[listed]), ones, rows)),
+        (bpr_max(tf.constant(scores), weighted, rows, 1.95, 0.5),
+         bpr_max(tf.constant(scores[:, listed]), ones, rows, 1.95, 0.5)),
+    ]
+    for got, want in pairs:
+        assert math.isclose(float(got), float(want), rel_tol=1e-5)
+
+
+def test_adagrad_momentum_updates_only_the_given_rows() -> None:
     start = np.arange(8, dtype=np.float32).reshape(4, 2)
     variable = tf.Variable(start)
     optimizer = _AdagradMomentum([variable], learning_rate=0.1, momentum=0.5)
-    grads = [
-        tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, -1.0]]), tf.constant([2, 2])),  # duplicate row 2
-        tf.IndexedSlices(tf.constant([[0.5, 0.5]]), tf.constant([2])),
-    ]
     acc = np.zeros_like(start)
     velocity = np.zeros_like(start)
     expected = start.copy()
-    dense_grads = ([[0, 0], [0, 0], [4, 1], [0, 0]], [[0, 0], [0, 0], [0.5, 0.5], [0, 0]])
-    for grad, dense in zip(grads, dense_grads, strict=True):
-        optimizer.apply_rows(0, variable, grad)
-        g = np.array(dense, np.float32)
-        acc[2] += g[2] ** 2
-        velocity[2] = 0.5 * velocity[2] - 0.1 * g[2] / np.sqrt(acc[2] + 1e-6)
-        expected[2] += velocity[2]
+    for rows, grads in (([2, 0], [[4.0, 1.0], [1.0, -2.0]]), ([2], [[0.5, 0.5]])):
+        optimizer.apply_rows(0, variable, tf.constant(rows), tf.constant(grads))
+        for row, grad in zip(rows, np.array(grads, np.float32), strict=True):
+            acc[row] += grad**2
+            velocity[row] = 0.5 * velocity[row] - 0.1 * grad / np.sqrt(acc[row] + 1e-6)
+            expected[row] += velocity[row]
     np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
-    np.testing.assert_array_equal(variable.numpy()[[0, 1, 3]], start[[0, 1, 3]])
+    np.testing.assert_array_equal(variable.numpy()[[1, 3]], start[[1, 3]])
+
+
+def test_bpr_max_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(3, 6))  # float64: central differences are exact enough
+    weights = tf.constant([1.0, 0.0, 1.0, 2.0, 1.0, 3.0], tf.float64)
+    rows = tf.constant([1.0, 0.0, 1.0], tf.float64)
+    for bpreg, elu in ((0.0, 0.0), (1.95, 0.5), (0.5, 1.0)):
+        x = tf.constant(scores)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = bpr_max(x, weights, rows, bpreg, elu)
+        numeric = np.zeros_like(scores)
+        for index in np.ndindex(scores.shape):
+            step = np.zeros_like(scores)
+            step[index] = 1e-6
+            up, down = (float(bpr_max(tf.constant(scores + d), weights, rows, bpreg, elu)) for d in (step, -step))
+            numeric[index] = (up - down) / 2e-6
+        np.testing.assert_allclose(tape.gradient(loss, x).numpy(), numeric, rtol=1e-6, atol=1e-8)
