@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from modelkit.blend import member_fields, member_part
 from modelkit.families import family_named
 from modelkit.family import SessionModel
 from modelkit.item_index import ItemIndex
@@ -67,6 +68,7 @@ def write_artifact(
 ) -> Path:
     """Write a new version directory atomically (temp dir + rename), then optionally point ``current`` at it."""
     _check_consistency(manifest, weights, item_index, popularity)
+    index_names = family_named(manifest.model_family).index_weights(manifest.hyperparameters)
     models_dir.mkdir(parents=True, exist_ok=True)
     final = models_dir / manifest.version
     if final.exists():
@@ -76,7 +78,8 @@ def write_artifact(
     try:
         files = {**FILES, **manifest.files}
         with open(staging / files["weights"], "wb") as handle:
-            arrays: dict[str, Any] = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+            arrays: dict[str, Any] = {k: np.ascontiguousarray(v, dtype=np.int64 if k in index_names else np.float32)
+                                      for k, v in weights.items()}
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
@@ -175,15 +178,33 @@ def _check_consistency(
         raise ArtifactError(
             f"manifest {manifest.version}: weight arrays {sorted(weights)} differ from expected {sorted(expected)}"
         )
+    index_names = family.index_weights(manifest.hyperparameters)
     for name, shape in expected.items():
         array = weights[name]
-        if array.shape != shape or array.dtype.kind != "f":
-            raise ArtifactError(
-                f"manifest {manifest.version}: weight {name} has shape {array.shape} {array.dtype}, expected {shape}"
-            )
-        if not np.isfinite(array).all():
+        kind = "integer" if name in index_names else "float"
+        if array.shape != shape or array.dtype.kind not in ("iu" if name in index_names else "f"):
+            raise ArtifactError(f"manifest {manifest.version}: weight {name} has shape {array.shape} {array.dtype}, "
+                                f"expected {shape} {kind}")
+        if kind == "float" and not np.isfinite(array).all():
             raise ArtifactError(f"manifest {manifest.version}: weight {name} contains NaN or infinity")
+        if kind == "integer" and len(array) and array.min() < 0:
+            raise ArtifactError(f"manifest {manifest.version}: index weight {name} holds negative values")
     if len(item_index) != manifest.n_items:
         raise ArtifactError(f"manifest {manifest.version}: {len(item_index)} item ids for n_items={manifest.n_items}")
     if popularity.shape != (manifest.n_items,) or popularity.dtype.kind not in "iu" or (popularity < 0).any():
         raise ArtifactError(f"manifest {manifest.version}: popularity must be {manifest.n_items} non-negative ints")
+
+
+def member_artifacts(artifact: ModelArtifact) -> list[ModelArtifact]:
+    """A blend's members as artifacts of their own (same directory, catalogue and popularity), in member order;
+    ``[artifact]`` for a single-family one."""
+    if artifact.manifest.model_family != "blend":
+        return [artifact]
+    members = []
+    for number, fields in enumerate(member_fields(artifact.manifest.hyperparameters)):
+        manifest = artifact.manifest.model_copy(update={
+            "model_family": fields["family"], "hyperparameters": fields["hyperparameters"],
+            "hidden_size": fields["hidden_size"], "n_layers": fields["n_layers"]})
+        members.append(ModelArtifact(artifact.path, manifest, member_part(artifact.weights, number),
+                                     artifact.item_index, artifact.popularity))
+    return members

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from modelkit import gru4rec, sasrec
+from modelkit import gru4rec, sasrec, vsknn
+from modelkit.blend import blend_family
 from modelkit.family import Family
 
-FAMILIES: Mapping[str, Family] = MappingProxyType({family.name: family for family in (gru4rec.FAMILY, sasrec.FAMILY)})
+SINGLE_FAMILIES: Mapping[str, Family] = MappingProxyType(
+    {family.name: family for family in (gru4rec.FAMILY, sasrec.FAMILY, vsknn.FAMILY)})
+FAMILIES: Mapping[str, Family] = MappingProxyType({**SINGLE_FAMILIES, "blend": blend_family(SINGLE_FAMILIES)})
 
 
 def family_named(name: str) -> Family:

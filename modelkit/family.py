@@ -50,3 +50,5 @@ class Family:
     manifest fields contradict each other."""
     build: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], SessionModel]
     """(weights, hyperparameters) -> the serving/evaluation model."""
+    index_weights: Callable[[Mapping[str, Any]], frozenset[str]] = lambda hyperparameters: frozenset()
+    """hyperparameters -> the names of the weight arrays that hold indices (stored as int64, the rest float32)."""

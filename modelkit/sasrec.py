@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from modelkit.family import Family
+from modelkit.windows import append_clicks, empty_windows
 
 WEIGHT_ITEMS = "item_embedding"  # (n_items, hidden) input embedding, shared with the output item vectors
 WEIGHT_POSITIONS = "position_embedding"  # (max_len, hidden) learned; the newest click sits at max_len - 1
@@ -108,14 +109,11 @@ class SASRecNumpy:
         self.state_size = self.max_len
 
     def initial_state(self, n_sessions: int) -> np.ndarray:  # (n_sessions, max_len)
-        return np.zeros((n_sessions, self.max_len), np.float32)
+        return empty_windows(n_sessions, self.max_len)
 
     def step(self, states: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Append clicks ``items`` (batch,) to the windows ``states`` (batch, max_len), dropping the oldest."""
-        stepped = np.empty_like(states)
-        stepped[:, :-1] = states[:, 1:]
-        stepped[:, -1] = items + 1
-        return stepped
+        return append_clicks(states, items)
 
     def scores(self, states: np.ndarray) -> np.ndarray:  # (batch, max_len) -> (batch, n_items)
         return self.encode(states.astype(np.int64)) @ self.items.T

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from modelkit.vsknn import SessionIndex, VSKNNNumpy
 from offline.session_arrays import SessionArrays
 
 SR_WEIGHTINGS = ("div", "linear", "same")
-VSKNN_WEIGHTINGS = ("div", "linear", "same")
-VSKNN_SIMILARITIES = ("dot", "cosine")
 
 
 def _check_train(train: SessionArrays, n_items: int) -> None:
@@ -42,18 +41,6 @@ def sr_gap_weight(gap: int, weighting: str) -> float:
     if weighting == "same":
         return 1.0
     raise ValueError(f"unknown SR weighting {weighting!r}; expected one of {SR_WEIGHTINGS}")
-
-
-def vsknn_position_weights(distance: np.ndarray, weighting: str) -> np.ndarray:
-    """Weight of a prefix item ``distance`` clicks before the last one (0 = last click)."""
-    distance = np.asarray(distance, dtype=np.float64)
-    if weighting == "div":
-        return 1.0 / (distance + 1.0)
-    if weighting == "linear":
-        return np.maximum(1.0 - 0.1 * distance, 0.1)
-    if weighting == "same":
-        return np.ones_like(distance)
-    raise ValueError(f"unknown V-SKNN weighting {weighting!r}; expected one of {VSKNN_WEIGHTINGS}")
 
 
 class PopularityScorer:
@@ -155,16 +142,10 @@ def _prune_rows(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
 
 
 class VSKNNScorer:
-    """Vector-multiplication session kNN, V-SKNN (Ludewig & Jannach 2018).
+    """Vector-multiplication session kNN, V-SKNN (Ludewig & Jannach 2018), over whole prefixes.
 
-    The prefix is a vector over items whose weights decay with distance from the last click (an item
-    clicked more than once keeps its largest weight). Candidate neighbours are the training sessions that
-    share an item with the prefix, cut to the ``sample_size`` most recent by last click (0 = no cut).
-    Similarity is the dot product of the prefix vector with the neighbour's binary item vector (``cosine``
-    divides by sqrt(|prefix items| * |neighbour items|)). The top ``k`` neighbours by similarity (equal
-    similarities at the cut: the more recent session first) vote for their items with their similarity;
-    ``idf`` multiplies an item's score by 1 + log(n_train_sessions / sessions containing the item).
-
+    The scoring is ``modelkit.vsknn.VSKNNNumpy`` (the served kNN member of a blend), over an index of
+    ``train``; ``idf`` multiplies an item's score by 1 + log(n_train_sessions / sessions containing the item).
     Defaults were picked by MRR@20 on an inner time split of rsc15-100k (bench/baselines_rsc15.py --inner).
     """
 
@@ -179,44 +160,11 @@ class VSKNNScorer:
         idf: bool = True,
     ) -> None:
         _check_train(train, n_items)
-        if k < 1:
-            raise ValueError("k must be >= 1")
-        if sample_size < 0:
-            raise ValueError("sample_size must be >= 0 (0 uses every candidate)")
-        if similarity not in VSKNN_SIMILARITIES:
-            raise ValueError(f"unknown similarity {similarity!r}; expected one of {VSKNN_SIMILARITIES}")
-        vsknn_position_weights(np.zeros(1), weighting)  # validates the name
         self.name = "vsknn"
         self.n_items = n_items
-        self.k = k
-        self.sample_size = sample_size
-        self.weighting = weighting
-        self.similarity = similarity
-        self.idf = idf
-
-        n_sessions = train.n_sessions
-        events = _event_sessions(train)
-        session_items = sp.csr_matrix(
-            (np.ones(train.n_events), (events, train.item_idx)), shape=(n_sessions, n_items)
-        )
-        session_items.sum_duplicates()
-        session_items.data[:] = 1.0
-        self.session_items = session_items  # (n_train_sessions, n_items) binary CSR
-        self.item_sessions = session_items.T.tocsr()  # (n_items, n_train_sessions): item -> sessions
-        self.session_sizes = np.diff(session_items.indptr).astype(np.float64)  # distinct items per session
-
-        last_time = np.full(n_sessions, -np.inf)
-        np.maximum.at(last_time, events, train.timestamps)
-        self.last_time = last_time  # (n_train_sessions,)
-        # Recency rank: larger = more recent; equal last-click times ranked by session order.
-        recency = np.empty(n_sessions, dtype=np.int64)
-        recency[np.lexsort((np.arange(n_sessions), last_time))] = np.arange(n_sessions)
-        self.recency = recency
-
-        item_df = np.diff(self.item_sessions.indptr).astype(np.float64)
-        idf_values = np.where(item_df > 0, np.log(max(n_sessions, 1) / np.maximum(item_df, 1.0)), 0.0)
-        self.item_factor = (1.0 + idf_values) if idf else None  # (n_items,) or None
-
+        index = SessionIndex.build(_event_sessions(train), train.item_idx.astype(np.int64), train.timestamps,
+                                   train.n_sessions, n_items, idf)
+        self.model = VSKNNNumpy(index, k, sample_size, weighting, similarity, max_len=1)  # (whole prefixes here)
         self._prefixes: list[list[int]] = []
 
     def reset(self, n_sessions: int) -> None:
@@ -229,56 +177,10 @@ class VSKNNScorer:
             self._prefixes[row].append(item)
         return self.score_prefixes([self._prefixes[row] for row in rows.tolist()])
 
-    def prefix_matrix(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
-        """Position-weighted prefix vectors, (len(prefixes), n_items) CSR."""
-        lengths = np.fromiter((len(p) for p in prefixes), dtype=np.int64, count=len(prefixes))
-        total = int(lengths.sum())
-        items = np.fromiter((i for p in prefixes for i in p), dtype=np.int64, count=total)
-        row_of = np.repeat(np.arange(len(prefixes), dtype=np.int64), lengths)
-        distance = np.cumsum(lengths)[row_of] - 1 - np.arange(total)
-        # Weights never grow with distance, so a repeated item keeps its most recent (smallest) distance.
-        order = np.lexsort((distance, items, row_of))
-        first = np.ones(total, dtype=bool)
-        first[1:] = (row_of[order][1:] != row_of[order][:-1]) | (items[order][1:] != items[order][:-1])
-        keep = order[first]
-        weights = vsknn_position_weights(distance[keep], self.weighting)
-        return sp.csr_matrix(
-            (weights, (row_of[keep], items[keep])), shape=(len(prefixes), self.n_items), dtype=np.float64
-        )
-
     def neighbours(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
         """Similarity of each prefix to its selected neighbours, (len(prefixes), n_train_sessions) CSR."""
-        prefix = self.prefix_matrix(prefixes)
-        sims = (prefix @ self.item_sessions).tocsr()  # nonzero exactly for sessions sharing an item
-        sims.sort_indices()
-        if self.similarity == "cosine":
-            prefix_sizes = np.diff(prefix.indptr).astype(np.float64)
-            row_of = np.repeat(np.arange(sims.shape[0]), np.diff(sims.indptr))
-            sims.data /= np.sqrt(prefix_sizes[row_of] * self.session_sizes[sims.indices])
-        kept_cols: list[np.ndarray] = []
-        kept_sims: list[np.ndarray] = []
-        for row in range(sims.shape[0]):
-            cols = sims.indices[sims.indptr[row] : sims.indptr[row + 1]]
-            values = sims.data[sims.indptr[row] : sims.indptr[row + 1]]
-            if self.sample_size and len(cols) > self.sample_size:
-                recent = np.argpartition(-self.recency[cols], self.sample_size - 1)[: self.sample_size]
-                cols, values = cols[recent], values[recent]
-            if len(cols) > self.k:
-                # Top k by similarity; among equal similarities at the cut the more recent session wins.
-                top = np.lexsort((self.recency[cols], values))[-self.k :]
-                cols, values = cols[top], values[top]
-            kept_cols.append(cols)
-            kept_sims.append(values)
-        indptr = np.concatenate([[0], np.cumsum([len(c) for c in kept_cols])]).astype(np.int64)
-        indices = np.concatenate(kept_cols) if kept_cols else np.zeros(0, np.int64)
-        data = np.concatenate(kept_sims) if kept_sims else np.zeros(0, np.float64)
-        result = sp.csr_matrix((data, indices, indptr), shape=sims.shape)
-        result.sort_indices()
-        return result
+        return self.model.neighbours(prefixes)
 
     def score_prefixes(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
         """Next-click scores of all items for each prefix, (len(prefixes), n_items) float64."""
-        scores = (self.neighbours(prefixes) @ self.session_items).toarray()
-        if self.item_factor is not None:
-            scores *= self.item_factor
-        return scores
+        return self.model.score_prefixes(prefixes)

@@ -14,26 +14,30 @@ import numpy as np
 import pandas as pd
 
 from modelkit.artifact import ModelArtifact, write_artifact
+from modelkit.blend import flat_members, member_part, member_prefix
 from modelkit.families import family_named
 from modelkit.family import SessionModel
 from modelkit.item_index import ItemIndex
 from modelkit.registry import new_version_name
 from offline.baselines import PopularityScorer, SequentialRulesScorer, VSKNNScorer
+from offline.blend_params import BlendParams, MemberParams, member_layers
 from offline.evaluate import ModelScorer, evaluate
 from offline.hyperparams import GRU4RecParams
 from offline.protocols import NEXT_CLICK, EvalProtocol, last_item_sessions
 from offline.sasrec_params import SASRecParams
 from offline.session_arrays import SessionArrays
+from offline.training_report import BlendReport, TrainingReport
+from offline.vsknn_params import VSKNNParams
+from offline.vsknn_train import VSKNNTrainer
 from schemas import ModelManifest
 from schemas.manifest import GateValue, HyperValue, TrainingWindow
 
 if TYPE_CHECKING:
-    from offline.train import TrainingReport
     from offline.trainable import Trainer
 
 log = logging.getLogger(__name__)
 
-TrainingParams = GRU4RecParams | SASRecParams  # the family is the params' type
+TrainingParams = GRU4RecParams | SASRecParams | BlendParams  # the family is the params' type
 
 
 @dataclass(frozen=True)
@@ -103,25 +107,45 @@ def train_model(
     initial: dict[str, np.ndarray] | None = None,
     progress: bool = True,
 ) -> TrainedModel:
-    """Train the family of ``params`` (GRU4RecParams: GRU4REC, SASRecParams: SASRec) on ``train_frame`` over
-    ``item_index``, from ``initial`` weights (warm start) or from scratch.
+    """Train the family of ``params`` (GRU4RecParams: GRU4REC, SASRecParams: SASRec, BlendParams: each member
+    in turn) on ``train_frame`` over ``item_index``, from ``initial`` weights (warm start) or from scratch.
 
-    The one training call of ``streamrec train`` and of a retrain cycle.
+    The one training call of ``streamrec train`` and of a retrain cycle. A blend's ``initial`` holds its members'
+    weights under their ``m{i}.`` prefixes; a member without any trains from scratch.
     """
-    from offline.sasrec_train import SASRecTrainer  # TensorFlow is only needed here
-    from offline.train import GRU4RecTrainer, item_counts
+    from offline.train import item_counts  # TensorFlow is only needed here
 
     sessions = to_sessions(train_frame, item_index)
     if not (sessions.lengths >= 2).any():
         raise ValueError("the training data has no session with at least 2 events")
     counts = item_counts(sessions, len(item_index))
-    trainer: Trainer
+    if not isinstance(params, BlendParams):
+        trainer = _trainer(params, counts, initial)
+        report = trainer.fit(sessions, progress=progress)
+        return TrainedModel(trainer.family, params.flat(), trainer.weights(), item_index, counts, report)
+    weights: dict[str, np.ndarray] = {}
+    reports: list[TrainingReport] = []
+    members: list[tuple[str, float, int, int, dict[str, HyperValue]]] = []
+    for number, (member, share) in enumerate(params.members()):
+        trainer = _trainer(member, counts, member_part(initial, number) if initial else None)
+        log.info("blend member %d of %d: %s", number + 1, params.n_members, trainer.family)
+        reports.append(trainer.fit(sessions, progress=progress))
+        weights.update({member_prefix(number) + name: array for name, array in trainer.weights().items()})
+        hyperparameters = trainer.hyperparameters() if isinstance(trainer, VSKNNTrainer) else member.flat()
+        members.append((trainer.family, share, member.hidden_size, member_layers(member), hyperparameters))
+    return TrainedModel("blend", flat_members(members, params.combine), weights, item_index, counts,
+                        BlendReport.of(reports))
+
+
+def _trainer(params: MemberParams, counts: np.ndarray, initial: dict[str, np.ndarray] | None) -> Trainer:
+    from offline.sasrec_train import SASRecTrainer
+    from offline.train import GRU4RecTrainer
+
+    if isinstance(params, VSKNNParams):
+        return VSKNNTrainer(params, counts)
     if isinstance(params, SASRecParams):
-        trainer = SASRecTrainer(params, counts, initial=initial)
-    else:
-        trainer = GRU4RecTrainer(params, counts, initial=initial)
-    report = trainer.fit(sessions, progress=progress)
-    return TrainedModel(trainer.family, params.flat(), trainer.weights(), item_index, counts, report)
+        return SASRecTrainer(params, counts, initial=initial or None)
+    return GRU4RecTrainer(params, counts, initial=initial or None)
 
 
 def build_manifest(
@@ -145,7 +169,7 @@ def build_manifest(
         hyperparameters=model.hyperparameters,
         n_items=len(model.item_index),
         hidden_size=params.hidden_size,
-        n_layers=params.n_blocks if isinstance(params, SASRecParams) else len(params.layers),
+        n_layers=params.n_members if isinstance(params, BlendParams) else member_layers(params),
         metrics={**model.metrics, **metrics},
         parent_version=parent_version,
         gate=gate,

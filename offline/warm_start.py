@@ -9,11 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from modelkit import sasrec
-from modelkit.artifact import ModelArtifact
+from modelkit.artifact import ModelArtifact, member_artifacts
+from modelkit.blend import member_prefix
 from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, initial_weights, layer_weight_names
 from modelkit.item_index import ItemIndex
+from offline.blend_params import BlendParams, member_family
 from offline.hyperparams import GRU4RecParams
 from offline.sasrec_params import SASRecParams
+from offline.vsknn_params import VSKNNParams
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +127,42 @@ def sasrec_warm_start_weights(
 
 
 def warm_start_from(
-    previous: ModelArtifact, new_index: ItemIndex, params: GRU4RecParams | SASRecParams, seed: int
+    previous: ModelArtifact, new_index: ItemIndex, params: GRU4RecParams | SASRecParams | BlendParams, seed: int
 ) -> dict[str, np.ndarray] | None:
     """Initial weights of a candidate of ``params``' family warm-started from ``previous``, or None (logged):
     train from scratch, when ``previous`` is another family or (SASRec) has other sizes. A GRU4REC of other
-    layer sizes raises ValueError (see ``warm_start_weights``)."""
-    family = "sasrec" if isinstance(params, SASRecParams) else "gru4rec"
+    layer sizes raises ValueError (see ``warm_start_weights``).
+
+    Blends go member by member: run ``i`` of a blend candidate starts from member ``i`` of a blend ``previous``
+    of the same family (else from ``previous``'s first model of its family), under the ``m{i}.`` prefix; a run
+    with nothing to start from trains from scratch, and a V-SKNN member indexes the window anew. A single-family
+    candidate starts from the first model of its family in ``previous``.
+    """
+    sources = member_artifacts(previous)
+    if not isinstance(params, BlendParams):
+        return _warm_start_run(_source(sources, params, 0), new_index, params, seed)
+    initial: dict[str, np.ndarray] = {}
+    for number, (run, _) in enumerate(params.members()):
+        if isinstance(run, VSKNNParams):
+            continue  # an index of the window's sessions: built anew
+        weights = _warm_start_run(_source(sources, run, number), new_index, run, run.seed) or {}
+        initial.update({member_prefix(number) + name: array for name, array in weights.items()})
+    return initial or None
+
+
+def _source(sources: list[ModelArtifact], params: GRU4RecParams | SASRecParams, number: int) -> ModelArtifact:
+    """The model run ``number`` of ``params``' family warm-starts from: ``sources[number]`` when of that family,
+    else the first source of that family, else the first source (which ``_warm_start_run`` turns down)."""
+    family = member_family(params)
+    if number < len(sources) and sources[number].manifest.model_family == family:
+        return sources[number]
+    return next((source for source in sources if source.manifest.model_family == family), sources[0])
+
+
+def _warm_start_run(
+    previous: ModelArtifact, new_index: ItemIndex, params: GRU4RecParams | SASRecParams, seed: int
+) -> dict[str, np.ndarray] | None:
+    family = member_family(params)
     if previous.manifest.model_family != family:
         log.info("not warm-starting from %s (a %s model) for a %s candidate: training from scratch",
                  previous.version, previous.manifest.model_family, family)

@@ -10,10 +10,12 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from offline.hyperparams import GRU4RecParams
 from offline.settings import OfflineSettings
+
+if TYPE_CHECKING:
+    from offline.pipeline import TrainingParams
 
 
 def _stats(port: int) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path, timeout:
     raise RuntimeError(f"the worker did not start within {timeout:.0f} s; see {log}")
 
 
-def run_demo(params: GRU4RecParams, rate: float | None, progress: bool) -> None:
+def run_demo(params: TrainingParams, rate: float | None, progress: bool) -> None:
     """Run the whole product on the bundled YOOCHOOSE sample and print what it did."""
     from modelkit.artifact import current_version, load_artifact
     from offline.loaders import load_events
@@ -52,7 +54,8 @@ def run_demo(params: GRU4RecParams, rate: float | None, progress: bool) -> None:
     train = load_events(prepared / "train_full.tsv", "session-tsv")
     test = load_events(prepared / "test.tsv", "session-tsv")
     if current_version(models_dir) is None:
-        print(f"[2/5] train GRU4REC on {len(train)} clicks -> {models_dir}", flush=True)
+        family = type(params).__name__.removesuffix("Params")
+        print(f"[2/5] train {family} on {len(train)} clicks -> {models_dir}", flush=True)
         train_version(train, params, models_dir, progress=progress)
     else:
         print(f"[2/5] model {current_version(models_dir)} already in {models_dir} (delete it to retrain)", flush=True)
@@ -60,7 +63,7 @@ def run_demo(params: GRU4RecParams, rate: float | None, progress: bool) -> None:
     offline, _ = evaluate_artifact(artifact, test, train)
     baselines, _ = evaluate_baselines(train, test)
     print("      offline, last day of the sample (every next click, full catalogue):")
-    for name, metrics in {**baselines, "gru4rec": offline}.items():
+    for name, metrics in {**baselines, artifact.manifest.model_family: offline}.items():
         print(f"      {name:<8} Recall@20 {metrics['recall@20']:.4f}  MRR@20 {metrics['mrr@20']:.4f}")
 
     with EmbeddedBroker(log_path=work / "broker.log") as broker:

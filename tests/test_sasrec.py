@@ -242,7 +242,7 @@ def test_cli_trains_a_sasrec_artifact_that_loads_and_evaluates(tmp_path: Path,
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--model", "sasrec", "--momentum", "0.1"], "--momentum applies to gru4rec, not sasrec"),
-    (["--hidden", "8"], "--hidden applies to sasrec, not gru4rec"),
+    (["--model", "gru4rec", "--hidden", "8"], "--hidden applies to sasrec, not gru4rec"),
     (["--preset", "sasrec-bce", "--layers", "8"], "--layers applies to gru4rec, not sasrec"),
     (["--model", "gru4rec", "--preset", "sasrec-bce"], "--preset sasrec-bce is a sasrec setting, not gru4rec"),
     (["--model", "sasrec", "--loss", "bpr-max"], "invalid loss"),

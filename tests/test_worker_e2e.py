@@ -18,10 +18,12 @@ import pytest
 
 from modelkit.artifact import load_artifact, set_current
 from modelkit.registry import new_version_name
+from offline.blend_params import BlendParams
 from offline.hyperparams import GRU4RecParams
 from offline.loaders import load_events
 from offline.metrics import metrics_from_ranks
 from offline.pipeline import evaluate_artifact, train_version
+from offline.sasrec_params import SASRecParams
 from schemas import ClickEvent, DeadLetter, OnlineMetrics
 from stream_worker.broker import create_topics
 from stream_worker.online_metrics import summary
@@ -36,7 +38,8 @@ from tests.support.streaming import WorkerProcess, online_ranks, predictions_by_
 from tests.support.workloads import Message, clicks_of
 
 QUICK = GRU4RecParams(n_epochs=2)
-FAMILIES = ("gru4rec", "sasrec")
+QUICK_BLEND = BlendParams(gru4rec=QUICK, sasrec=SASRecParams(n_epochs=1, valid_fraction=0.0))
+FAMILIES = ("gru4rec", "sasrec", "blend")
 
 MALFORMED: list[tuple[bytes | None, bytes | None, str]] = [
     (b"s", b"{not json", "invalid_json"),
@@ -76,10 +79,19 @@ def sasrec_models_dir(tmp_path_factory: pytest.TempPathFactory, rsc15_dir: Path)
     return directory
 
 
+@pytest.fixture(scope="module")
+def blend_models_dir(tmp_path_factory: pytest.TempPathFactory, rsc15: dict[str, pd.DataFrame]) -> Path:
+    """The default family, a GRU4REC + SASRec blend, trained briefly on the training clicks."""
+    directory = tmp_path_factory.mktemp("blend-models")
+    train_version(rsc15["train"], QUICK_BLEND, directory, progress=False)
+    return directory
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_models_dir(request: pytest.FixtureRequest) -> Path:
-    """The models directory of each family in turn: trained GRU4REC, random SASRec."""
-    return Path(request.getfixturevalue("models_dir" if request.param == "gru4rec" else "sasrec_models_dir"))
+    """The models directory of each family in turn: trained GRU4REC, random SASRec, trained blend."""
+    fixture = {"gru4rec": "models_dir", "sasrec": "sasrec_models_dir", "blend": "blend_models_dir"}[request.param]
+    return Path(request.getfixturevalue(fixture))
 
 
 def _messages(frame: pd.DataFrame) -> list[tuple[bytes | None, bytes | None]]:
@@ -249,12 +261,14 @@ def _phased_reference(models: list[ServingModel], messages: list[Message], bound
     return expected
 
 
+@pytest.mark.parametrize("other", ["sasrec", "blend"])
 def test_swaps_between_families_during_replay_lose_nothing(
-    broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, rsc15_dir: Path, tmp_path: Path
+    broker: Any, rsc15: dict[str, pd.DataFrame], models_dir: Path, rsc15_dir: Path, tmp_path: Path, other: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """GRU4REC -> SASRec -> GRU4REC again (model-updates messages; the current pointer stays on GRU4REC, so the
-    pointer poll cannot race them) between thirds of a replay: one prediction per click, each third from its
-    model, sessions carried across the swaps (rebuilt from their ring of recent items) exactly as an in-process
+    """GRU4REC -> SASRec (or the blend) -> GRU4REC again (model-updates messages; the current pointer stays on
+    GRU4REC, so the pointer poll cannot race them) between thirds of a replay: one prediction per click, each third
+    from its model, sessions carried across the swaps (rebuilt from their ring of recent items) exactly as an in-process
     run that swaps at the same clicks."""
     own_models = tmp_path / "models"
     shutil.copytree(models_dir, own_models, symlinks=True)
@@ -263,8 +277,13 @@ def test_swaps_between_families_during_replay_lose_nothing(
     worker.start()
     messages = _messages(rsc15["valid"])
     bounds = [0, len(messages) // 3, 2 * len(messages) // 3, len(messages)]
-    sasrec_version = random_rsc15_artifact(own_models, "sasrec", new_version_name(), rsc15_dir,
-                                           make_current=False).name
+    if other == "sasrec":
+        other_version = random_rsc15_artifact(own_models, "sasrec", new_version_name(), rsc15_dir,
+                                              make_current=False).name
+    else:
+        blend_dir = Path(request.getfixturevalue("blend_models_dir"))
+        other_version = load_artifact(blend_dir / "current").version
+        shutil.copytree(blend_dir / other_version, own_models / other_version)
 
     def replay_third(n: int) -> dict[str, Any]:
         produce_raw(broker.bootstrap, worker.topic("clicks"), messages[bounds[n] : bounds[n + 1]])
@@ -277,7 +296,7 @@ def test_swaps_between_families_during_replay_lose_nothing(
 
     try:
         replay_third(0)
-        swap_to(sasrec_version)
+        swap_to(other_version)
         replay_third(1)
         swap_to(gru_version)
         stats = replay_third(2)
@@ -288,13 +307,13 @@ def test_swaps_between_families_during_replay_lose_nothing(
     phase_of = {json.loads(value or b"")["event_id"]: n
                 for n, (first, end) in enumerate(pairwise(bounds)) for _, value in messages[first:end]}
     assert len(records) == len(messages) and set(predictions) == set(phase_of)  # exactly one per click
-    family_of = {v: load_artifact(own_models / v).manifest.model_family for v in (gru_version, sasrec_version)}
+    family_of = {v: load_artifact(own_models / v).manifest.model_family for v in (gru_version, other_version)}
     versions = [{p[0]["model_version"] for e, p in predictions.items() if phase_of[e] == n} for n in range(3)]
-    assert versions == [{gru_version}, {sasrec_version}, {gru_version}]
-    assert [family_of[v] for (v,) in versions] == ["gru4rec", "sasrec", "gru4rec"]
+    assert versions == [{gru_version}, {other_version}, {gru_version}]
+    assert [family_of[v] for (v,) in versions] == ["gru4rec", other, "gru4rec"]
     assert stats["model_swaps"] == 2 and stats["recomputed_sessions"] > 0
 
-    models = [ServingModel(load_artifact(own_models / v)) for v in (gru_version, sasrec_version, gru_version)]
+    models = [ServingModel(load_artifact(own_models / v)) for v in (gru_version, other_version, gru_version)]
     expected = _phased_reference(models, messages, bounds)
     wrong = [e for e, ps in predictions.items() if not same_ranking(ps[0], expected[e])]
     assert not wrong, f"{len(wrong)} predictions differ from an in-process run with the same swaps: {wrong[:3]}"

@@ -132,9 +132,10 @@ def add_models_dir(parser: argparse.ArgumentParser, settings: OfflineSettings, f
     parser.add_argument(flag, default=str(settings.models_dir), help="models directory (env STREAMREC_MODELS_DIR)")
 
 
-MODEL_FAMILIES = ("gru4rec", "sasrec")  # the families streamrec can train
-DEFAULT_MODEL = "gru4rec"
+MODEL_FAMILIES = ("blend", "gru4rec", "sasrec")  # the families streamrec can train
+DEFAULT_MODEL = "blend"  # GRU4REC + SASRec + V-SKNN: the most accurate (docs/benchmarks.md)
 PRESET_FAMILY = {"default": None, "xe": "gru4rec", "bpr-max": "gru4rec", "sasrec-bce": "sasrec"}
+BLEND_FLAGS = {"seed"}  # the shared flags a blend takes (--seed: the first run's seed of both families)
 # Hyperparameter flags (argparse dest -> params field): shared, then those of one family only.
 SHARED_FLAGS = {"loss": "loss", "batch_size": "batch_size", "epochs": "n_epochs", "learning_rate": "learning_rate",
                 "seed": "seed"}
@@ -150,7 +151,9 @@ FAMILY_FLAGS = {
 
 def add_model_choice(parser: argparse.ArgumentParser, default_help: str) -> None:
     """``--model FAMILY``: which family to train (default None: decided by the command, see ``default_help``)."""
-    parser.add_argument("--model", choices=MODEL_FAMILIES, help=f"model family to train; {default_help}")
+    parser.add_argument("--model", choices=MODEL_FAMILIES,
+                        help=f"model family to train (blend: GRU4REC and SASRec, probabilities averaged); "
+                             f"{default_help}")
 
 
 def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
@@ -193,14 +196,19 @@ def load(path: str, args: argparse.Namespace) -> Any:
     return load_events(path, args.format, session_gap_s=args.session_gap, min_rating=args.min_rating)
 
 
-def model_family(args: argparse.Namespace, fallback: str = DEFAULT_MODEL) -> str:
-    """The family to train: ``--model``, else the family of ``--preset``, else ``fallback``."""
-    return getattr(args, "model", None) or PRESET_FAMILY[args.preset] or fallback
+def model_family(args: argparse.Namespace, current: str | None = None) -> str:
+    """The family to train: ``--model``, else the family of ``--preset``, else ``current`` (retrain: the current
+    version's), else the family whose own hyperparameter flags are given, else ``DEFAULT_MODEL``."""
+    flagged = [family for family, flags in FAMILY_FLAGS.items() if any(getattr(args, d) is not None for d in flags)]
+    return (getattr(args, "model", None) or PRESET_FAMILY[args.preset] or current
+            or (flagged[0] if flagged else DEFAULT_MODEL))
 
 
 def params(args: argparse.Namespace, family: str | None = None) -> Any:
-    """GRU4RecParams or SASRecParams (``family``, default ``model_family(args)``): the preset, then ``--config``,
-    then the hyperparameter flags; a flag of another family is an error."""
+    """GRU4RecParams, SASRecParams or BlendParams (``family``, default ``model_family(args)``): the preset, then
+    ``--config``, then the hyperparameter flags; a flag of another family is an error. A blend takes ``--config``
+    (its fields: ``gru4rec``, ``sasrec``, ``gru4rec_weight``, ``runs_per_family``) and ``--seed`` only."""
+    from offline.blend_params import BlendParams
     from offline.hyperparams import BPRMAX_REFERENCE, XE_REFERENCE, GRU4RecParams
     from offline.sasrec_params import BCE_RECIPE, SASRecParams
 
@@ -211,7 +219,12 @@ def params(args: argparse.Namespace, family: str | None = None) -> Any:
             raise CliError(f"--{given[0].replace('_', '-')} applies to {other}, not {family}")
     if PRESET_FAMILY[args.preset] not in (None, family):
         raise CliError(f"--preset {args.preset} is a {PRESET_FAMILY[args.preset]} setting, not {family}")
-    defaults = {"gru4rec": GRU4RecParams(), "sasrec": SASRecParams()}
+    if family == "blend":
+        given = [dest for dest in SHARED_FLAGS if dest not in BLEND_FLAGS and getattr(args, dest) is not None]
+        if given:
+            raise CliError(f"--{given[0].replace('_', '-')} applies to one family: add --model gru4rec or sasrec "
+                           f"(a blend's members take --config)")
+    defaults = {"gru4rec": GRU4RecParams(), "sasrec": SASRecParams(), "blend": BlendParams()}
     references = {"xe": XE_REFERENCE, "bpr-max": BPRMAX_REFERENCE, "sasrec-bce": BCE_RECIPE}
     base = defaults[family] if args.preset == "default" else references[args.preset]
     values = base.model_dump()
@@ -220,6 +233,11 @@ def params(args: argparse.Namespace, family: str | None = None) -> Any:
             values.update(json.loads(Path(args.config).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as error:
             raise CliError(f"cannot read config {args.config}: {error}") from None
+    if family == "blend":
+        if args.seed is not None:
+            for member in ("gru4rec", "sasrec"):
+                values[member] = {**dict(values[member]), "seed": args.seed}
+        return BlendParams.model_validate(values)
     flags = {**SHARED_FLAGS, **FAMILY_FLAGS[family]}
     values.update({field: getattr(args, dest) for dest, field in flags.items() if getattr(args, dest) is not None})
     return type(base).model_validate(values)

@@ -141,7 +141,7 @@ def add_parsers(commands: Any, settings: OfflineSettings) -> None:
     add_format(train)
     train.add_argument("--valid", help="validation click log, evaluated after training")
     add_models_dir(train, settings)
-    add_model_choice(train, f"default {DEFAULT_MODEL} (or the family of --preset)")
+    add_model_choice(train, f"default {DEFAULT_MODEL} (or the family of --preset or of the flags given)")
     add_hyperparameters(train)
     train.set_defaults(func=cmd_train)
 

@@ -85,7 +85,7 @@ def _current_family(models_dir: Path) -> str | None:
 def _retrain_params(args: argparse.Namespace) -> Any:
     """The hyperparameters of the next candidate: of the family ``--model`` or ``--preset`` names, else of
     current's family (so a SASRec current stays SASRec), else of the default family."""
-    return params(args, model_family(args, _current_family(Path(args.out)) or DEFAULT_MODEL))
+    return params(args, model_family(args, _current_family(Path(args.out))))
 
 
 def _format_report(report: Any) -> str:

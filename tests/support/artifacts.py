@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelkit import gru4rec, sasrec
 from modelkit.artifact import load_artifact, write_artifact
+from modelkit.blend import flat_members, member_prefix
 from modelkit.item_index import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow
 from stream_worker.serving import ServingModel
 from tests.support.workloads import RSC15_DIR
+
+if TYPE_CHECKING:
+    from offline.blend_params import BlendParams
 
 SASREC_MAX_LEN, SASREC_HEADS = 50, 1  # random SASRec artifacts unless told otherwise
 
@@ -102,6 +106,42 @@ def random_rsc15_artifact(models_dir: Path, family: str, version: str, data_dir:
     popularity = np.bincount(index.lookup(frame["item_id"].to_numpy()), minlength=len(index))
     return random_artifact(models_dir, version, family=family, items=index.ids.tolist(), layers=layers, seed=seed,
                            noise=noise, popularity=popularity, make_current=make_current)
+
+
+def random_rsc15_blend_artifact(models_dir: Path, version: str, params: BlendParams | None = None,
+                                data_dir: Path = RSC15_DIR, make_current: bool = True) -> Path:
+    """A blend of ``params`` (default: the served default's shape) over the items of YOOCHOOSE train_tr: neural
+    members with random weights (``initial_weights`` of seed = member number), the V-SKNN member indexing
+    train_tr as training would. For serving costs and worker tests, without the minutes of neural training."""
+    from offline.blend_params import BlendParams, member_family, member_layers
+    from offline.loaders import load_events
+    from offline.pipeline import TrainedModel, build_manifest, to_sessions
+    from offline.training_report import TrainingReport
+    from offline.vsknn_params import VSKNNParams
+    from offline.vsknn_train import VSKNNTrainer
+
+    params = params or BlendParams()
+    frame = load_events(data_dir / "yoochoose-clicks-100k_train_tr.txt", "session-tsv")
+    index = ItemIndex.from_events(frame["item_id"])
+    sessions = to_sessions(frame, index)
+    counts = np.bincount(sessions.item_idx, minlength=len(index))
+    weights: dict[str, np.ndarray] = {}
+    members = []
+    for number, (member, share) in enumerate(params.members()):
+        family = member_family(member)
+        if isinstance(member, VSKNNParams):
+            trainer = VSKNNTrainer(member, counts)
+            trainer.fit(sessions, progress=False)
+            member_weights, hyper = trainer.weights(), trainer.hyperparameters()
+        else:
+            hyper = member.flat()
+            layers = [member.hidden_size] * member_layers(member)
+            member_weights = _INITIAL_WEIGHTS[family](len(index), layers, number, hyper)
+        weights.update({member_prefix(number) + name: array for name, array in member_weights.items()})
+        members.append((family, share, member.hidden_size, member_layers(member), hyper))
+    model = TrainedModel("blend", flat_members(members, params.combine), weights, index, counts, TrainingReport())
+    manifest = build_manifest(frame, params, model, {}).model_copy(update={"version": version})
+    return write_artifact(models_dir, manifest, weights, index, counts, make_current)
 
 
 def train_model(models_dir: Path, data_dir: Path = RSC15_DIR) -> Path:
