@@ -1,4 +1,5 @@
-"""Shared driver of the quality benchmarks: baselines, GRU4REC and SASRec trained and evaluated on one split."""
+"""Shared driver of the quality benchmarks: baselines, GRU4REC, SASRec and the served default (a blend) trained
+and evaluated on one split."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ from pathlib import Path
 import pandas as pd
 
 from modelkit.artifact import load_artifact
+from offline.blend_params import BlendParams
 from offline.hyperparams import XE_REFERENCE, GRU4RecParams
-from offline.pipeline import evaluate_artifact, evaluate_baselines, train_version
+from offline.pipeline import TrainingParams, evaluate_artifact, evaluate_baselines, train_version
 from offline.protocols import NEXT_CLICK, EvalProtocol
 from offline.sasrec_params import BCE_RECIPE, SASRecParams
 
 COLUMNS = ("recall@10", "recall@20", "mrr@10", "mrr@20")
-MODELS: dict[str, GRU4RecParams | SASRecParams] = {
+MODELS: dict[str, TrainingParams] = {
     "gru4rec-xe": XE_REFERENCE,
     "gru4rec-bprmax": GRU4RecParams(),  # the GRU4REC default
     "sasrec-bce": BCE_RECIPE,  # the seed notebook's recipe
     "sasrec": SASRecParams(),  # the SASRec default
+    "default": BlendParams(),  # what `streamrec train` trains without a model flag
 }
 
 

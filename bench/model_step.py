@@ -1,5 +1,6 @@
 """Microbenchmark of the serving model step: µs per event for the model step + full scoring + top-k, by batch size,
-for GRU4REC and SASRec (random weights, written and loaded as real artifacts)."""
+for GRU4REC, SASRec (random weights) and the served default blend (random neural members, the V-SKNN index of
+the YOOCHOOSE sample), written and loaded as real artifacts."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import _support  # noqa: F401  (the repository root on sys.path, for tests.suppo
 import numpy as np
 
 from modelkit.artifact import load_artifact
+from modelkit.item_index import ItemIndex
 from stream_worker.serving import ServingModel
-from tests.support.artifacts import random_artifact
+from tests.support.artifacts import random_artifact, random_rsc15_blend_artifact
 from tests.support.workloads import RSC15_DIR
 
 N_ITEMS, BATCHES = (3_000, 40_000), (1, 64, 512)
@@ -111,6 +113,44 @@ def sasrec_table(args: argparse.Namespace, gru: dict[tuple[int, int], float]) ->
     print(" ".join(figures))
 
 
+def session_states(model: ServingModel, index: ItemIndex, path: Path) -> np.ndarray:
+    """The state of every session of the log at ``path`` before each of its clicks (items the model does not know
+    left out): (n_clicks, state_size), real prefixes as the worker holds them."""
+    from offline.loaders import load_events
+    from offline.pipeline import to_sessions
+
+    frame = load_events(path, "session-tsv")
+    sessions = to_sessions(frame[frame["item_id"].isin(set(index.ids.tolist()))], index)
+    states = np.repeat(model.initial_state()[None, :], sessions.n_sessions, axis=0)  # (n_sessions, state_size)
+    before = []
+    for position in range(int(sessions.lengths.max())):
+        rows = np.flatnonzero(sessions.lengths > position)
+        before.append(states[rows])
+        states[rows] = model.step(states[rows], sessions.item_idx[sessions.offsets[rows] + position])
+    return np.concatenate(before)
+
+
+def blend_table(args: argparse.Namespace, gru: dict[tuple[int, int], float]) -> None:
+    """The served default (GRU4REC + SASRec + V-SKNN blend) over the YOOCHOOSE catalogue, states of real prefixes."""
+    with tempfile.TemporaryDirectory() as models_dir:
+        path = random_rsc15_blend_artifact(Path(models_dir), "bench-blend", make_current=False)
+        artifact = load_artifact(path)
+        model = ServingModel(artifact)
+    states = session_states(model, artifact.item_index, RSC15_DIR / "yoochoose-clicks-100k_train_valid.txt")
+    rng = np.random.default_rng(2)
+    print(f"\nServed default blend ({artifact.manifest.n_layers} members, {artifact.manifest.n_items} items, states "
+          f"before the clicks of train_valid); us per event (step + score + top-{args.k})")
+    print(f"{'batch':>7}{'blend':>11}{'GRU4REC 3k':>12}{'blend/GRU':>11}")
+    figures = []
+    for batch in BATCHES:
+        before = states[rng.integers(0, len(states), size=(64, batch))]  # (64, batch, state_size)
+        cost, _ = per_event_us(model, batch, args.k, args.seconds, before, args.repeats)
+        base = gru[(3000, batch)]
+        print(f"{batch:>7}{cost:>11.1f}{base:>12.1f}{cost / base:>11.1f}")
+        figures.append(f"blend_us_b{batch}={cost:.1f}")
+    print(" ".join(figures))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hidden", type=int, default=100, help="GRU4REC units")
@@ -121,7 +161,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=2, help="SASRec blocks")
     parser.add_argument("--heads", type=int, default=1, help="SASRec attention heads")
     parser.add_argument("--max-len", type=int, default=50, help="SASRec window")
-    parser.add_argument("--no-sasrec", action="store_true", help="GRU4REC only")
+    parser.add_argument("--no-sasrec", action="store_true", help="no SASRec table")
+    parser.add_argument("--no-blend", action="store_true", help="no table of the served default blend")
     args = parser.parse_args()
     print(f"{'items':>7}{'batch':>7}{'us/event':>11}{'step only':>11}{'events/s':>11}")
     results = {}
@@ -136,6 +177,8 @@ def main() -> None:
     ) + f" speedup_3k_b64_vs_b1={results[(3000, 1)] / results[(3000, 64)]:.1f}")
     if not args.no_sasrec:
         sasrec_table(args, results)
+    if not args.no_blend and (RSC15_DIR / "yoochoose-clicks-100k_train_tr.txt").is_file():
+        blend_table(args, results)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """End-to-end streaming benchmark on the embedded broker: sustained events/s of the worker against a
 pass-through Faust agent (same delivery and producer path, no model/table) and a raw aiokafka pass-through (no
 Faust: the ceiling), event->prediction latency at several offered rates, and where each click's time goes (the
-worker's latency histograms: CreateTime -> fetched -> batch started -> modelled -> acknowledged -> stored)."""
+worker's latency histograms: CreateTime -> fetched -> batch started -> modelled -> acknowledged -> stored). Then the
+worker again with other models: a 40,000-item GRU4REC (the full RSC15 catalogue's size; exact top-k) and the served
+default blend (GRU4REC + SASRec + V-SKNN), each sustained and at half its own rate."""
 
 from __future__ import annotations
 
@@ -242,11 +244,44 @@ def latencies(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: li
     return results, bytes_per_session, stages, cpu
 
 
+def large_catalogue(models_dir: Path, n_items: int = 40_000) -> Path:
+    """A random GRU4REC over ``n_items`` items: the workload's items (train_tr's) first, then synthetic ones."""
+    from modelkit.item_index import ItemIndex
+    from offline.loaders import load_events
+    from tests.support.artifacts import random_artifact
+    from tests.support.workloads import RSC15_DIR
+
+    known = ItemIndex.from_events(load_events(RSC15_DIR / "yoochoose-clicks-100k_train_tr.txt",
+                                              "session-tsv")["item_id"]).ids.tolist()
+    items = known + [f"synthetic-{n}" for n in range(n_items - len(known))]
+    random_artifact(models_dir, "bench-40k", items=items, layers=(100,), noise=0.05)
+    return models_dir
+
+
+def default_blend(models_dir: Path) -> Path:
+    """The served default blend's shape over train_tr's items (random neural weights, V-SKNN's real index)."""
+    from tests.support.artifacts import random_rsc15_blend_artifact
+
+    random_rsc15_blend_artifact(models_dir, "bench-blend")
+    return models_dir
+
+
+def other_model(broker: EmbeddedBroker, models_dir: Path, work: Path, messages: list[Message], seconds: float
+                ) -> tuple[float, tuple[float, float], dict[str, tuple[float, float, float]]]:
+    """The worker serving ``models_dir``: sustained events/s, p50/p99 at half of it, its per-stage figures there."""
+    rate, _ = sustained("worker", broker, models_dir, work, messages)
+    half = round(rate / 2, -1)
+    lat, _, stages, _ = latencies(broker, models_dir, work, messages, [half], seconds)
+    return rate, lat[half], stages[half]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=60_000, help="backlog size for the sustained runs")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="duration of each offered-rate run")
     parser.add_argument("--models-dir", type=Path, help="serve this model (default: train one on train_tr)")
+    parser.add_argument("--no-other-models", action="store_true",
+                        help="skip the 40,000-item GRU4REC and the default blend")
     parser.add_argument("--old-path", action="store_true",
                         help="also measure the worker and the pass-through on Faust's per-event path "
                              "(STREAMREC_BATCH_DELIVERY=false), in the same run")
@@ -266,6 +301,9 @@ def main() -> None:
         rates = [round(worker * f, -1) for f in (0.1, 0.25, 0.5)]
         lat, bytes_per_session, stages, cpu = latencies(broker, models_dir, work, messages, rates,
                                                         args.latency_seconds)
+        others = {} if args.no_other_models else {
+            name: other_model(broker, directory, work, messages, args.latency_seconds)
+            for name, directory in (("40k", large_catalogue(work / "large")), ("blend", default_blend(work / "blend")))}
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine: {os.cpu_count()} cores, load average {started_load} at the start, {load} at the end")
     print(f"sustained over a {args.events}-event backlog (2,873-item model, top-20, 4 partitions):")
@@ -291,13 +329,20 @@ def main() -> None:
           "the next batch):")
     for stage, seconds in worker_stats["seconds_by_stage"].items():
         print(f"    {stage:<12} {seconds:6.2f} s  {seconds / args.events * 1e6:6.1f} us/click  {seconds / wall:5.1%}")
+    for name, (rate, (p50, p99), stage_figures) in others.items():
+        what = "40,000-item GRU4REC" if name == "40k" else "default blend (GRU4REC + SASRec + V-SKNN, 2,873 items)"
+        modelled = stage_figures["modelled"]
+        print(f"  worker, {what}: {rate:8.0f} events/s ({rate / worker:.2f}x the 2,873-item GRU4REC); at half of it "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (prediction computed: p50 {modelled[0]:.1f}, p99 {modelled[1]:.1f})")
+    extra = "".join(f" events_per_s_{name}={rate:.0f} p50_ms_{name}={p50:.1f} p99_ms_{name}={p99:.1f}"
+                    for name, (rate, (p50, p99), _) in others.items())
     low, half = lat[rates[0]], lat[rates[-1]]
     old = (f" old_events_per_s={old_worker:.0f} old_passthrough_events_per_s={old_passthrough:.0f}"
            if args.old_path else "")
     print(f"events_per_s={worker:.0f} passthrough_events_per_s={passthrough:.0f} ratio={worker / passthrough:.2f} "
           f"p50_ms={half[0]:.1f} p99_ms={half[1]:.1f} bytes_per_session={bytes_per_session:.0f} "
           f"raw_events_per_s={raw:.0f} raw_ratio={worker / raw:.2f} p50_10pct_ms={low[0]:.1f} "
-          f"p99_10pct_ms={low[1]:.1f}{old}")
+          f"p99_10pct_ms={low[1]:.1f}{old}{extra}")
 
 
 if __name__ == "__main__":
