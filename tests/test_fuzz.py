@@ -208,7 +208,8 @@ def hostile_message(draw: Any) -> Msg:
         return Msg(_key(lone) if field == "session_id" else key, json.dumps({**event, field: lone}).encode(),
                    frozenset({"invalid_json"}))
     if kind == "nan_rating":
-        raw = json.dumps({**event, "rating": 2.5}).encode().replace(b"2.5", b"NaN")
+        # (only the rating's token: a bare b"2.5" also matched inside timestamps and ids)
+        raw = json.dumps({**event, "rating": 2.5}).encode().replace(b'"rating": 2.5', b'"rating": NaN')
         return Msg(key, raw, frozenset({"validation"}))
     # bad_event_type
     return Msg(key, json.dumps({**event, "event_type": draw(st.sampled_from(["", "e" * 65]))}).encode(),
