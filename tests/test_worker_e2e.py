@@ -273,7 +273,8 @@ def test_swaps_between_families_during_replay_lose_nothing(
     own_models = tmp_path / "models"
     shutil.copytree(models_dir, own_models, symlinks=True)
     gru_version = load_artifact(own_models / "current").version
-    worker = WorkerProcess(broker.bootstrap, own_models, tmp_path / "rocksdb", "family-swap", tmp_path / "worker.log")
+    worker = WorkerProcess(broker.bootstrap, own_models, tmp_path / "rocksdb", f"family-swap-{other}",
+                           tmp_path / "worker.log")
     worker.start()
     messages = _messages(rsc15["valid"])
     bounds = [0, len(messages) // 3, 2 * len(messages) // 3, len(messages)]
