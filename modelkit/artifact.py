@@ -182,7 +182,7 @@ def _check_consistency(
     for name, shape in expected.items():
         array = weights[name]
         kind = "integer" if name in index_names else "float"
-        if array.shape != shape or array.dtype.kind not in ("iu" if name in index_names else "f"):
+        if array.shape != shape or array.dtype.kind not in ("iu" if kind == "integer" else "f"):
             raise ArtifactError(f"manifest {manifest.version}: weight {name} has shape {array.shape} {array.dtype}, "
                                 f"expected {shape} {kind}")
         if kind == "float" and not np.isfinite(array).all():

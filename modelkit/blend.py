@@ -35,10 +35,8 @@ def flat_members(members: Sequence[tuple[str, float, int, int, Mapping[str, Any]
     """
     flat: dict[str, Any] = {MEMBERS: len(members), COMBINE: combine}
     for number, (family, weight, hidden_size, n_layers, hyperparameters) in enumerate(members):
-        prefix = member_prefix(number)
-        flat.update({prefix + name: value
-                     for name, value in zip(MEMBER_FIELDS, (family, weight, hidden_size, n_layers), strict=True)})
-        flat.update({prefix + name: value for name, value in hyperparameters.items()})
+        flat.update(prefixed(dict(zip(MEMBER_FIELDS, (family, weight, hidden_size, n_layers), strict=True)), number))
+        flat.update(prefixed(hyperparameters, number))
     return flat
 
 
@@ -46,6 +44,16 @@ def member_part(values: Mapping[str, Any], member: int) -> dict[str, Any]:
     """Member ``member``'s entries of a blend's weights or hyperparameters, without the prefix."""
     prefix = member_prefix(member)
     return {name[len(prefix):]: value for name, value in values.items() if name.startswith(prefix)}
+
+
+def prefixed(values: Mapping[str, Any], member: int) -> dict[str, Any]:
+    """One member's weights or hyperparameters under its prefix (the inverse of ``member_part``).
+
+    >>> prefixed({"item_bias": 0}, 1)
+    {'m1.item_bias': 0}
+    """
+    prefix = member_prefix(member)
+    return {prefix + name: value for name, value in values.items()}
 
 
 class BlendNumpy:
@@ -174,7 +182,7 @@ def blend_family(member_families: Mapping[str, Family]) -> Family:
         for number, member in enumerate(members):
             member_shapes = member_family(member["family"]).weight_shapes(
                 n_items, member["hidden_size"], member["n_layers"], member["hyperparameters"])
-            shapes.update({member_prefix(number) + name: shape for name, shape in member_shapes.items()})
+            shapes.update(prefixed(member_shapes, number))
         return shapes
 
     def build(weights: Mapping[str, np.ndarray], hyperparameters: Mapping[str, Any]) -> BlendNumpy:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from modelkit.blend import member_prefix
+from modelkit.blend import prefixed
 from offline.trainable import TrainableModel
 
 
@@ -33,5 +33,5 @@ class BlendTF:
                          for member, share, part in zip(self.members, self.shares, parts, strict=True)])
 
     def weights(self) -> dict[str, np.ndarray]:
-        return {member_prefix(number) + name: value
-                for number, member in enumerate(self.members) for name, value in member.weights().items()}
+        return {name: value for number, member in enumerate(self.members)
+                for name, value in prefixed(member.weights(), number).items()}

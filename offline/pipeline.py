@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from modelkit.artifact import ModelArtifact, write_artifact
-from modelkit.blend import flat_members, member_part, member_prefix
+from modelkit.blend import flat_members, member_part, prefixed
 from modelkit.families import family_named
 from modelkit.family import SessionModel
 from modelkit.item_index import ItemIndex
@@ -122,7 +122,7 @@ def train_model(
     if not isinstance(params, BlendParams):
         trainer = _trainer(params, counts, initial)
         report = trainer.fit(sessions, progress=progress)
-        return TrainedModel(trainer.family, params.flat(), trainer.weights(), item_index, counts, report)
+        return TrainedModel(trainer.family, trainer.hyperparameters(), trainer.weights(), item_index, counts, report)
     weights: dict[str, np.ndarray] = {}
     reports: list[TrainingReport] = []
     members: list[tuple[str, float, int, int, dict[str, HyperValue]]] = []
@@ -130,9 +130,8 @@ def train_model(
         trainer = _trainer(member, counts, member_part(initial, number) if initial else None)
         log.info("blend member %d of %d: %s", number + 1, params.n_members, trainer.family)
         reports.append(trainer.fit(sessions, progress=progress))
-        weights.update({member_prefix(number) + name: array for name, array in trainer.weights().items()})
-        hyperparameters = trainer.hyperparameters() if isinstance(trainer, VSKNNTrainer) else member.flat()
-        members.append((trainer.family, share, member.hidden_size, member_layers(member), hyperparameters))
+        weights.update(prefixed(trainer.weights(), number))
+        members.append((trainer.family, share, member.hidden_size, member_layers(member), trainer.hyperparameters()))
     return TrainedModel("blend", flat_members(members, params.combine), weights, item_index, counts,
                         BlendReport.of(reports))
 

@@ -19,6 +19,7 @@ from offline.sasrec_params import SASRecParams
 from offline.sasrec_tf import SASRecTF
 from offline.session_arrays import SessionArrays
 from offline.training_report import TrainingReport
+from schemas.manifest import HyperValue
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +251,6 @@ class SASRecTrainer:
 
     def weights(self) -> dict[str, np.ndarray]:
         return self.model.weights()
+
+    def hyperparameters(self) -> dict[str, HyperValue]:
+        return dict(self.params.flat())

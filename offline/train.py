@@ -17,6 +17,7 @@ from offline.model_tf import GRU4RecTF, reset_hidden
 from offline.sampling import NegativeSampler, step_items
 from offline.session_arrays import SessionArrays
 from offline.training_report import TrainingReport
+from schemas.manifest import HyperValue
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,9 @@ class GRU4RecTrainer:
 
     def weights(self) -> dict[str, np.ndarray]:
         return self.model.weights()
+
+    def hyperparameters(self) -> dict[str, HyperValue]:
+        return dict(self.params.flat())
 
 
 def item_counts(data: SessionArrays, n_items: int) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 
 from offline.session_arrays import SessionArrays
 from offline.training_report import TrainingReport
+from schemas.manifest import HyperValue
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -42,3 +43,7 @@ class Trainer(Protocol):
     def fit(self, data: SessionArrays, progress: bool = True) -> TrainingReport: ...
 
     def weights(self) -> dict[str, np.ndarray]: ...
+
+    def hyperparameters(self) -> dict[str, HyperValue]:
+        """What the manifest records of this run (its family's loader reads what it needs from them)."""
+        ...

@@ -10,7 +10,7 @@ import numpy as np
 
 from modelkit import sasrec
 from modelkit.artifact import ModelArtifact, member_artifacts
-from modelkit.blend import member_prefix
+from modelkit.blend import prefixed
 from modelkit.gru4rec import WEIGHT_BIAS, WEIGHT_EMBEDDING, initial_weights, layer_weight_names
 from modelkit.item_index import ItemIndex
 from offline.blend_params import BlendParams, member_family
@@ -146,7 +146,7 @@ def warm_start_from(
         if isinstance(run, VSKNNParams):
             continue  # an index of the window's sessions: built anew
         weights = _warm_start_run(_source(sources, run, number), new_index, run, run.seed) or {}
-        initial.update({member_prefix(number) + name: array for name, array in weights.items()})
+        initial.update(prefixed(weights, number))
     return initial or None
 
 

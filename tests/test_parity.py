@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from modelkit import sasrec
-from modelkit.blend import flat_members, member_part, member_prefix
+from modelkit.blend import flat_members, member_part, prefixed
 from modelkit.families import FAMILIES
 from modelkit.family import SessionModel
 from modelkit.gru4rec import gru_step, initial_weights
@@ -50,8 +50,7 @@ def _sasrec_weights(hidden: int, blocks: int, max_len: int) -> Callable[[np.rand
 
 def _blend_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
     members = (_gru4rec_weights((16,))(rng), _sasrec_weights(16, 2, 6)(rng))
-    return {member_prefix(number) + name: value for number, weights in enumerate(members)
-            for name, value in weights.items()}
+    return {**prefixed(members[0], 0), **prefixed(members[1], 1)}
 
 
 def _blend_tf(weights: dict[str, np.ndarray]) -> TrainableModel:

@@ -11,7 +11,7 @@ import numpy as np
 
 from modelkit import gru4rec, sasrec
 from modelkit.artifact import load_artifact, write_artifact
-from modelkit.blend import flat_members, member_prefix
+from modelkit.blend import flat_members, prefixed
 from modelkit.item_index import ItemIndex
 from schemas import ModelManifest
 from schemas.manifest import TrainingWindow
@@ -137,7 +137,7 @@ def random_rsc15_blend_artifact(models_dir: Path, version: str, params: BlendPar
             hyper = member.flat()
             layers = [member.hidden_size] * member_layers(member)
             member_weights = _INITIAL_WEIGHTS[family](len(index), layers, number, hyper)
-        weights.update({member_prefix(number) + name: array for name, array in member_weights.items()})
+        weights.update(prefixed(member_weights, number))
         members.append((family, share, member.hidden_size, member_layers(member), hyper))
     model = TrainedModel("blend", flat_members(members, params.combine), weights, index, counts, TrainingReport())
     manifest = build_manifest(frame, params, model, {}).model_copy(update={"version": version})
