@@ -119,7 +119,9 @@ class VSKNNNumpy:
 
     def scores(self, states: np.ndarray) -> np.ndarray:  # (batch, max_len) -> (batch, n_items) float64
         windows = states.astype(np.int64)
-        return self.score_prefixes([row[row > 0] - 1 for row in windows])
+        row_of, column = np.nonzero(windows)  # the newest click sits in the last column
+        prefix = self._weighted(row_of, windows[row_of, column] - 1, self.max_len - 1 - column, len(windows))
+        return self._score(prefix)
 
     def prefix_matrix(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
         """Position-weighted prefix vectors, (len(prefixes), n_items) CSR."""
@@ -128,18 +130,23 @@ class VSKNNNumpy:
         items = np.concatenate([np.asarray(p, np.int64) for p in prefixes]) if total else np.zeros(0, np.int64)
         row_of = np.repeat(np.arange(len(prefixes), dtype=np.int64), lengths)
         distance = np.cumsum(lengths)[row_of] - 1 - np.arange(total)
+        return self._weighted(row_of, items, distance, len(prefixes))
+
+    def _weighted(self, row_of: np.ndarray, items: np.ndarray, distance: np.ndarray, n_rows: int) -> sp.csr_matrix:
+        """Prefix vectors from every click's row, item and distance from its row's last click, (n_rows, n_items)."""
         # Weights never grow with distance, so a repeated item keeps its most recent (smallest) distance.
         order = np.lexsort((distance, items, row_of))
-        first = np.ones(total, dtype=bool)
+        first = np.ones(len(order), dtype=bool)
         first[1:] = (row_of[order][1:] != row_of[order][:-1]) | (items[order][1:] != items[order][:-1])
         keep = order[first]
         weights = position_weights(distance[keep], self.weighting)
-        return sp.csr_matrix((weights, (row_of[keep], items[keep])), shape=(len(prefixes), self.n_items),
-                             dtype=np.float64)
+        return sp.csr_matrix((weights, (row_of[keep], items[keep])), shape=(n_rows, self.n_items), dtype=np.float64)
 
     def neighbours(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
         """Similarity of each prefix to its selected neighbours, (len(prefixes), n_sessions) CSR."""
-        prefix = self.prefix_matrix(prefixes)
+        return self._neighbours(self.prefix_matrix(prefixes))
+
+    def _neighbours(self, prefix: sp.csr_matrix) -> sp.csr_matrix:
         sims = (prefix @ self.item_sessions).tocsr()  # nonzero exactly for sessions sharing an item
         sims.sort_indices()
         if self.similarity == "cosine":
@@ -161,7 +168,10 @@ class VSKNNNumpy:
 
     def score_prefixes(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
         """Next-click scores of all items for each prefix, (len(prefixes), n_items) float64 (0: no vote)."""
-        scores = (self.neighbours(prefixes) @ self.index.session_items).toarray()
+        return self._score(self.prefix_matrix(prefixes))
+
+    def _score(self, prefix: sp.csr_matrix) -> np.ndarray:  # (n_prefixes, n_items) CSR -> dense scores
+        scores = (self._neighbours(prefix) @ self.index.session_items).toarray()
         scores *= self.index.item_factor
         return scores
 
