@@ -82,8 +82,8 @@ class BlendNumpy:
             raise ValueError("a blend needs one weight per member and at least one member")
         if len({member.n_items for member in members}) != 1:
             raise ValueError("the members of a blend must score the same catalogue")
-        if min(weights) <= 0:
-            raise ValueError("blend weights must be positive")
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError("blend weights must be non-negative, at least one positive")
         self.members = list(members)
         self.combine = combine
         total = float(sum(weights))
@@ -105,12 +105,21 @@ class BlendNumpy:
     def scores(self, states: np.ndarray) -> np.ndarray:  # (batch, state_size) -> (batch, n_items)
         blended = np.zeros((len(states), self.n_items), np.float32)
         for member, weight, part in zip(self.members, self.weights, self._parts(states), strict=True):
-            scores = np.array(member.scores(part), dtype=np.float32)  # (batch, n_items), a copy of our own
-            if self.combine == "probability":
-                blended += weight * _probabilities_(scores, member.family in VOTE_FAMILIES)
-            else:
-                blended += weight * _log_probabilities_(scores, member.family in VOTE_FAMILIES)
+            if weight > 0:  # a member of weight 0 (fitted out) is still stepped: its state stays valid
+                blended += weight * comparable_scores(member.scores(part), member.family, self.combine)
         return blended
+
+
+def comparable_scores(scores: np.ndarray, family: str, combine: str) -> np.ndarray:
+    """One member's scores (batch, n_items) as what a blend adds up: next-click probabilities (``probability``)
+    or their logarithms (``log-probability``), float32, in a new array.
+
+    >>> comparable_scores(np.array([[0.0, 3.0, 1.0]]), "vsknn", "probability")
+    array([[0.  , 0.75, 0.25]], dtype=float32)
+    """
+    own = np.array(scores, dtype=np.float32)  # (batch, n_items), a copy of our own
+    votes = family in VOTE_FAMILIES
+    return _probabilities_(own, votes) if combine == "probability" else _log_probabilities_(own, votes)
 
 
 def _probabilities_(scores: np.ndarray, votes: bool) -> np.ndarray:
@@ -144,9 +153,9 @@ def member_fields(hyperparameters: Mapping[str, Any]) -> list[dict[str, Any]]:
         fields = member_part(hyperparameters, number)
         family, weight = fields.pop("family", None), fields.pop("weight", None)
         hidden_size, n_layers = fields.pop("hidden_size", None), fields.pop("n_layers", None)
-        if not isinstance(family, str) or not isinstance(weight, int | float) or weight <= 0 \
+        if not isinstance(family, str) or not isinstance(weight, int | float) or weight < 0 \
                 or not isinstance(hidden_size, int) or not isinstance(n_layers, int):
-            raise ValueError(f"blend member {number} needs family, a positive weight, hidden_size and n_layers")
+            raise ValueError(f"blend member {number} needs family, a non-negative weight, hidden_size and n_layers")
         members.append({"family": family, "weight": float(weight), "hidden_size": hidden_size,
                         "n_layers": n_layers, "hyperparameters": fields})
     return members

@@ -20,9 +20,13 @@ class BlendParams(BaseModel):
     the family's weight equally; V-SKNN (deterministic) indexes the sessions once. A family of weight 0 is left
     out. Serving combines the members' next-click probabilities by ``combine``.
 
+    With ``fit_weights`` the family weights are only the prior: each member is also trained without the newest
+    ``fit_fraction`` of the sessions, and the members' weights are chosen on those sessions' next clicks
+    (``offline.blend_fit``), so a training set where a member does worse gives it less say.
+
     Defaults: the served default of ``streamrec train``, GRU4REC 0.56 + SASRec 0.24 + V-SKNN 0.2, log-probabilities
-    (a weighted geometric mean), one run each, each family with its own defaults: chosen on two tuning days cut
-    from the end of train_tr, never on train_valid (bench/tune_blend.py, docs/benchmarks.md).
+    (a weighted geometric mean), one run each, each family with its own defaults: the prior chosen on two tuning
+    days cut from the end of train_tr, never on train_valid (bench/tune_blend.py, docs/benchmarks.md), then fitted.
 
     >>> [(type(p).__name__, round(w, 3)) for p, w in BlendParams(runs_per_family=2, gru4rec_weight=0.5,
     ...  sasrec_weight=0.3, vsknn_weight=0.2).members()]  # doctest: +NORMALIZE_WHITESPACE
@@ -40,11 +44,21 @@ class BlendParams(BaseModel):
     vsknn_weight: float = Field(default=0.2, ge=0)
     runs_per_family: int = Field(default=1, ge=1, le=8, description="seeds per neural family, averaged")
     combine: Literal["probability", "log-probability"] = "log-probability"
+    # weights fitted per training set (offline.blend_fit): the weights above are the prior
+    fit_weights: bool = Field(default=True, description="choose the members' weights on the newest sessions")
+    fit_fraction: float = Field(default=0.1, gt=0, lt=1, description="newest sessions held out to fit the weights "
+                                "(SASRec's early-stopping run is reused when its valid_fraction is the same)")
+    fit_step: float = Field(default=0.1, gt=0, le=0.5, description="weight grid step (must divide 1)")
+    fit_tolerance: float = Field(default=0.005, ge=0, lt=1, description="relative: a weighting this close to the "
+                                 "best on both metrics counts as as good; the one nearest the prior wins")
+    fit_max_predictions: int = Field(default=20_000, ge=1, description="held-out next clicks scored, newest first")
 
     @model_validator(mode="after")
     def _check_weights(self) -> BlendParams:
         if self.gru4rec_weight + self.sasrec_weight + self.vsknn_weight <= 0:
             raise ValueError("a blend needs at least one family of positive weight")
+        if abs(round(1 / self.fit_step) * self.fit_step - 1) > 1e-9:
+            raise ValueError(f"fit_step ({self.fit_step}) must divide 1")
         return self
 
     def members(self) -> list[tuple[MemberParams, float]]:

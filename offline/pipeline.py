@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,12 +20,13 @@ from modelkit.family import SessionModel
 from modelkit.item_index import ItemIndex
 from modelkit.registry import new_version_name
 from offline.baselines import PopularityScorer, SequentialRulesScorer, VSKNNScorer
-from offline.blend_params import BlendParams, MemberParams, member_layers
+from offline.blend_fit import fit_weights
+from offline.blend_params import BlendParams, MemberParams, member_family, member_layers
 from offline.evaluate import ModelScorer, evaluate
 from offline.hyperparams import GRU4RecParams
 from offline.protocols import NEXT_CLICK, EvalProtocol, last_item_sessions
 from offline.sasrec_params import SASRecParams
-from offline.session_arrays import SessionArrays
+from offline.session_arrays import SessionArrays, split_newest
 from offline.training_report import BlendReport, TrainingReport
 from offline.vsknn_params import VSKNNParams
 from offline.vsknn_train import VSKNNTrainer
@@ -89,6 +90,7 @@ class TrainedModel:
     item_index: ItemIndex
     counts: np.ndarray  # (n_items,) training clicks per item index (the artifact's popularity)
     report: TrainingReport
+    fit_metrics: dict[str, float] = field(default_factory=dict)  # a blend's weight fit (WeightFit.metrics)
 
     def model(self) -> SessionModel:
         """The NumPy model of these weights, as the artifact will load it (for evaluation)."""
@@ -96,8 +98,9 @@ class TrainedModel:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The training figures every manifest records."""
-        return {"train_seconds": self.report.seconds, "train_events_per_s": self.report.events_per_s}
+        """The training figures every manifest records (a fitted blend's: also the held-out figures of its fit)."""
+        return {"train_seconds": self.report.seconds, "train_events_per_s": self.report.events_per_s,
+                **self.fit_metrics}
 
 
 def train_model(
@@ -123,17 +126,63 @@ def train_model(
         trainer = _trainer(params, counts, initial)
         report = trainer.fit(sessions, progress=progress)
         return TrainedModel(trainer.family, trainer.hyperparameters(), trainer.weights(), item_index, counts, report)
+    return _train_blend(sessions, params, item_index, counts, initial, progress)
+
+
+def _train_blend(sessions: SessionArrays, params: BlendParams, item_index: ItemIndex, counts: np.ndarray,
+                 initial: dict[str, np.ndarray] | None, progress: bool) -> TrainedModel:
+    """Each member in turn on all ``sessions``; with ``fit_weights``, also without the newest sessions, whose next
+    clicks then choose the members' weights (``offline.blend_fit``; the report's seconds include all of it)."""
+    started = time.perf_counter()
+    older, held_out = split_newest(sessions, params.fit_fraction) if params.fit_weights else (sessions, None)
+    if params.fit_weights and held_out is None:
+        log.warning("too few sessions to hold out for fitting blend weights: the prior weights are kept")
     weights: dict[str, np.ndarray] = {}
     reports: list[TrainingReport] = []
-    members: list[tuple[str, float, int, int, dict[str, HyperValue]]] = []
-    for number, (member, share) in enumerate(params.members()):
-        trainer = _trainer(member, counts, member_part(initial, number) if initial else None)
+    members: list[tuple[str, int, int, dict[str, HyperValue]]] = []
+    older_models: list[SessionModel] = []
+    for number, (member, _) in enumerate(params.members()):
+        start = member_part(initial, number) if initial else None
+        trainer = _trainer(member, counts, start)
         log.info("blend member %d of %d: %s", number + 1, params.n_members, trainer.family)
         reports.append(trainer.fit(sessions, progress=progress))
         weights.update(prefixed(trainer.weights(), number))
-        members.append((trainer.family, share, member.hidden_size, member_layers(member), trainer.hyperparameters()))
-    return TrainedModel("blend", flat_members(members, params.combine), weights, item_index, counts,
-                        BlendReport.of(reports))
+        members.append((trainer.family, member.hidden_size, member_layers(member), trainer.hyperparameters()))
+        if held_out is not None:
+            older_models.append(_older_model(member, counts, start, trainer, older, params.fit_fraction, progress))
+    shares = [share for _, share in params.members()]
+    fit_metrics: dict[str, float] = {}
+    if held_out is not None:
+        fit = fit_weights(older_models, held_out, shares, params.combine, params.fit_step, params.fit_tolerance,
+                          params.fit_max_predictions)
+        log.info("blend weights %s (prior %s): held-out Recall@20 %.4f / MRR@20 %.4f (prior %.4f / %.4f, best "
+                 "member %.4f / %.4f, %d next clicks)", _rounded(fit.weights), _rounded(shares), fit.recall, fit.mrr,
+                 fit.prior_recall, fit.prior_mrr, fit.best_member_recall, fit.best_member_mrr, fit.n_predictions)
+        shares, fit_metrics = list(fit.weights), fit.metrics()
+    report = BlendReport.of(reports)
+    report.seconds = time.perf_counter() - started  # the members' runs, the runs without the newest, the fit
+    flat = flat_members([(family, share, hidden_size, n_layers, hyperparameters) for (
+        family, hidden_size, n_layers, hyperparameters), share in zip(members, shares, strict=True)], params.combine)
+    return TrainedModel("blend", flat, weights, item_index, counts, report, fit_metrics)
+
+
+def _older_model(member: MemberParams, counts: np.ndarray, initial: dict[str, np.ndarray] | None, trainer: Trainer,
+                 older: SessionArrays, fraction: float, progress: bool) -> SessionModel:
+    """``member`` trained on the ``older`` sessions only: SASRec's early-stopping run when it held out the same
+    newest ``fraction``, else a run of its own from the same start."""
+    reused = getattr(trainer, "older_weights", None)  # SASRecTrainer's
+    if isinstance(member, SASRecParams) and member.valid_fraction == fraction and reused is not None:
+        weights, hyperparameters = reused, trainer.hyperparameters()
+    else:
+        own = _trainer(member, counts, initial)
+        log.info("blend member %s without the newest %.0f%% of the sessions", own.family, fraction * 100)
+        own.fit(older, progress=progress)
+        weights, hyperparameters = own.weights(), own.hyperparameters()
+    return family_named(member_family(member)).build(weights, hyperparameters)
+
+
+def _rounded(weights: Sequence[float]) -> list[float]:
+    return [round(float(weight), 3) for weight in weights]
 
 
 def _trainer(params: MemberParams, counts: np.ndarray, initial: dict[str, np.ndarray] | None) -> Trainer:

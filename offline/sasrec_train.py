@@ -17,7 +17,7 @@ from offline.evaluate import ModelScorer, evaluate
 from offline.sasrec_losses import bce_one_negative, full_cross_entropy, sampled_cross_entropy
 from offline.sasrec_params import SASRecParams
 from offline.sasrec_tf import SASRecTF
-from offline.session_arrays import SessionArrays
+from offline.session_arrays import SessionArrays, split_newest
 from offline.training_report import TrainingReport
 from schemas.manifest import HyperValue
 
@@ -54,21 +54,6 @@ def training_windows(data: SessionArrays, max_len: int) -> np.ndarray:  # (n_win
     for row, items in enumerate(rows):
         windows[row, max_len + 1 - len(items) :] = items
     return windows
-
-
-def split_newest(data: SessionArrays, fraction: float) -> tuple[SessionArrays, SessionArrays | None]:
-    """(older sessions, the newest ``fraction`` of the sessions by start time); (data, None) when either part
-    would have no session of 2 clicks (nothing to train on or to evaluate)."""
-    cut = data.n_sessions - int(round(data.n_sessions * fraction))
-    long_enough = data.lengths >= 2
-    if not (long_enough[:cut].any() and long_enough[cut:].any()):
-        return data, None
-    first = int(data.offsets[cut])
-    older = SessionArrays(data.item_idx[:first], data.timestamps[:first], data.offsets[: cut + 1],
-                          data.session_ids[:cut])
-    newest = SessionArrays(data.item_idx[first:], data.timestamps[first:], data.offsets[cut:] - first,
-                           data.session_ids[cut:])
-    return older, newest
 
 
 class _Adam:
@@ -118,6 +103,7 @@ class SASRecTrainer:
         self.optimizer = _Adam(self.variables, p.learning_rate, p.adam_beta1, p.adam_beta2)
         self.rng = tf.random.Generator.from_seed(p.seed)  # dropout and negatives
         self.shuffle = np.random.default_rng(p.seed)  # window order
+        self.older_weights: dict[str, np.ndarray] | None = None  # fit(): the early-stopping run's, without the newest
 
     def _load(self, weights: dict[str, np.ndarray]) -> None:
         for name, variable in self.model.named_variables().items():
@@ -198,10 +184,13 @@ class SASRecTrainer:
     def fit(self, data: SessionArrays, progress: bool = True) -> SASRecReport:
         """Train for up to ``n_epochs``; with a validation split, stop after ``patience`` epochs without a better
         ``stop_metric`` on the held-out newest sessions, then (``refit``) train again from the start on all
-        sessions for the best number of epochs, or keep the best epoch's weights."""
+        sessions for the best number of epochs, or keep the best epoch's weights. The early-stopping run's best
+        weights stay in ``older_weights`` (a model that never saw the held-out sessions)."""
         p = self.params
         train, valid = split_newest(data, p.valid_fraction)
         report = self._fit(train, valid, p.n_epochs, progress)
+        if valid is not None:
+            self.older_weights = self.model.weights()
         if report.best_epoch is not None and p.refit:
             log.info("refit on all %d sessions for %d epochs", data.n_sessions, report.best_epoch)
             self._restart()

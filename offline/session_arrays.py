@@ -77,6 +77,21 @@ class SessionArrays:
         return cls(item_idx, timestamps[order], offsets, session_ids[order][offsets[:-1]])
 
 
+def split_newest(data: SessionArrays, fraction: float) -> tuple[SessionArrays, SessionArrays | None]:
+    """(older sessions, the newest ``fraction`` of the sessions by start time); (data, None) when either part
+    would have no session of 2 clicks (nothing to train on or to evaluate)."""
+    cut = data.n_sessions - int(round(data.n_sessions * fraction))
+    long_enough = data.lengths >= 2
+    if not (long_enough[:cut].any() and long_enough[cut:].any()):
+        return data, None
+    first = int(data.offsets[cut])
+    older = SessionArrays(data.item_idx[:first], data.timestamps[:first], data.offsets[: cut + 1],
+                          data.session_ids[:cut])
+    newest = SessionArrays(data.item_idx[first:], data.timestamps[first:], data.offsets[cut:] - first,
+                           data.session_ids[cut:])
+    return older, newest
+
+
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     uniques, codes = np.unique(values, return_inverse=True)
     return codes.astype(np.int64), uniques

@@ -30,7 +30,7 @@ TINY_BLEND = BlendParams(
     sasrec=SASRecParams(max_len=8, hidden_size=8, n_blocks=1, n_heads=1, batch_size=16, n_epochs=1,
                         valid_fraction=0.0),
     vsknn=VSKNNParams(k=5, sample_size=20, max_len=8),
-    gru4rec_weight=0.4, sasrec_weight=0.4, vsknn_weight=0.2, combine="log-probability",
+    gru4rec_weight=0.4, sasrec_weight=0.4, vsknn_weight=0.2, combine="log-probability", fit_weights=False,
 )
 
 
@@ -82,8 +82,18 @@ def test_a_vote_member_counts_as_its_share_of_the_votes(trained: Path) -> None:
 def test_blend_rejects_mismatched_members() -> None:
     with pytest.raises(ValueError, match="same catalogue"):
         BlendNumpy([_gru(0, n_items=6), _gru(1, n_items=7)], [1, 1])
-    with pytest.raises(ValueError, match="positive"):
-        BlendNumpy([_gru(0), _gru(1)], [1, 0])
+    with pytest.raises(ValueError, match="non-negative"):
+        BlendNumpy([_gru(0), _gru(1)], [1, -1])
+    with pytest.raises(ValueError, match="one positive"):
+        BlendNumpy([_gru(0), _gru(1)], [0, 0])
+
+
+def test_a_member_of_weight_zero_is_stepped_but_not_scored() -> None:
+    members = [_gru(0), _gru(1)]
+    blend = BlendNumpy(members, [1.0, 0.0], "log-probability")
+    states = blend.step(blend.initial_state(3), np.array([1, 2, 3]))
+    np.testing.assert_array_equal(states[:, 4:], members[1].step(members[1].initial_state(3), np.array([1, 2, 3])))
+    np.testing.assert_allclose(blend.scores(states), _log_softmax(members[0].scores(states[:, :4])), atol=1e-5)
     with pytest.raises(ValueError, match="combination"):
         BlendNumpy([_gru(0)], [1], "rank")
 

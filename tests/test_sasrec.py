@@ -18,8 +18,8 @@ from offline.evaluate import ModelScorer, evaluate
 from offline.sasrec_losses import bce_one_negative, full_cross_entropy, sampled_cross_entropy
 from offline.sasrec_params import BCE_RECIPE, SASRecParams
 from offline.sasrec_tf import SASRecTF
-from offline.sasrec_train import SASRecTrainer, split_newest, training_windows
-from offline.session_arrays import SessionArrays
+from offline.sasrec_train import SASRecTrainer, training_windows
+from offline.session_arrays import SessionArrays, split_newest
 from offline.train import item_counts
 from streamrec.cli import main
 from tests.support.workloads import synthetic_sessions

@@ -152,8 +152,8 @@ FAMILY_FLAGS = {
 def add_model_choice(parser: argparse.ArgumentParser, default_help: str) -> None:
     """``--model FAMILY``: which family to train (default None: decided by the command, see ``default_help``)."""
     parser.add_argument("--model", choices=MODEL_FAMILIES,
-                        help=f"model family to train (blend: GRU4REC and SASRec, probabilities averaged); "
-                             f"{default_help}")
+                        help="model family to train (blend: GRU4REC, SASRec and V-SKNN, weights fitted on the "
+                             f"newest sessions); {default_help}")
 
 
 def add_hyperparameters(parser: argparse.ArgumentParser) -> None:
