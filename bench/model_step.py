@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-import _support  # noqa: F401  (the repository root on sys.path, for tests.support)
 import numpy as np
+from _support import per_event_us
 
 from modelkit.artifact import load_artifact
 from modelkit.item_index import ItemIndex
@@ -29,34 +28,6 @@ def serving_model(n_items: int, hidden: int, models_dir: Path, family: str = "gr
                            n_heads=n_heads, popularity=np.ones(n_items, np.int64), window=(0.0, 0.0),
                            make_current=False)
     return ServingModel(load_artifact(path))
-
-
-def per_event_us(model: ServingModel, batch: int, k: int, seconds: float, before: np.ndarray | None = None,
-                 repeats: int = 1) -> tuple[float, float]:
-    """(µs per event for step + score + top-k, µs per event for the model step alone), each the best of
-    ``repeats`` measurements of ``seconds`` (a shared machine's other jobs only ever slow a measurement down).
-
-    Without ``before`` the states are carried from click to click from the initial state (a GRU4REC state
-    does not grow; a SASRec window fills up after max_len clicks: warm it up first). With ``before``
-    (n_batches, batch, state_size), batch ``i`` steps ``before[i % n_batches]``: sessions of a given length.
-    """
-    rng = np.random.default_rng(0)
-    state = np.repeat(model.initial_state()[None, :], batch, axis=0)  # (batch, state_size)
-    items = rng.integers(0, len(model.item_ids), size=(256, batch))
-    timings = [np.inf, np.inf]
-    for _ in range(repeats):
-        for slot, full in enumerate((True, False)):
-            events, started, i = 0, time.perf_counter(), 0
-            while time.perf_counter() - started < seconds:
-                stepped = model.step(state if before is None else before[i % len(before)], items[i % 256])
-                if full:
-                    model.recommend(stepped, k)
-                if before is None:
-                    state = stepped
-                events += batch
-                i += 1
-            timings[slot] = min(timings[slot], (time.perf_counter() - started) / events * 1e6)
-    return timings[0], timings[1]
 
 
 def gru4rec_us(n_items: int, batch: int, hidden: int, k: int, seconds: float, repeats: int) -> tuple[float, float]:

@@ -34,7 +34,8 @@ def main() -> None:
         f"sasrec_recall20={sasrec['recall@20']:.4f} sasrec_mrr20={sasrec['mrr@20']:.4f} "
         f"sasrec_train_s={sasrec['train_seconds']:.0f} "
         f"default_recall20={default['recall@20']:.4f} default_mrr20={default['mrr@20']:.4f} "
-        f"default_train_s={default['train_seconds']:.0f} gru4rec_train_s={gru['train_seconds']:.0f}"
+        f"default_train_s={default['train_seconds']:.0f} gru4rec_train_s={gru['train_seconds']:.0f} "
+        f"default_serve_us={default['serve_us']:.1f} gru4rec_serve_us={gru['serve_us']:.1f}"
     )
 
 

@@ -1,5 +1,6 @@
-"""GRU4REC training speed: the whole training call of `streamrec train --preset bpr-max` and `--preset xe` on
-the YOOCHOOSE sample's train_full, each in a fresh process, optionally against another checkout (the old code)."""
+"""Training speed: the whole training call of `streamrec train --preset bpr-max`, `--preset xe` and of the default
+(`streamrec train` without a model flag: the blend) on the YOOCHOOSE sample's train_full, each in a fresh process,
+optionally against another checkout (the old code); then the default's time over bpr-max's."""
 
 from __future__ import annotations
 
@@ -14,22 +15,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rsc15-100k" / "yoochoose-clicks-100k_train_full.txt"
-PRESETS = ("bpr-max", "xe")
+PRESETS = ("bpr-max", "xe", "default")
 
 
 def measure(data: Path, preset: str) -> dict[str, float]:
     """Time one training call (sessions, trainer, every epoch) of ``preset`` with the code on sys.path."""
     from modelkit.item_index import ItemIndex
+    from offline.blend_params import BlendParams
     from offline.hyperparams import BPRMAX_REFERENCE, XE_REFERENCE
     from offline.loaders import load_events
-    from offline.pipeline import train_model
+    from offline.pipeline import TrainingParams, train_model
 
     frame = load_events(data, "session-tsv")
-    params = {"bpr-max": BPRMAX_REFERENCE, "xe": XE_REFERENCE}[preset]
+    presets: dict[str, TrainingParams] = {"bpr-max": BPRMAX_REFERENCE, "xe": XE_REFERENCE, "default": BlendParams()}
+    params = presets[preset]
     started = time.perf_counter()
     model = train_model(frame, params, ItemIndex.from_events(frame["item_id"]), progress=False)
     return {"seconds": time.perf_counter() - started, "fit_seconds": model.report.seconds,
-            "events_per_s": model.report.events_per_s, "final_loss": model.report.epoch_losses[-1]}
+            "events_per_s": model.report.events_per_s,
+            "final_loss": model.report.epoch_losses[-1] if model.report.epoch_losses else float("nan")}
 
 
 def run_in(root: Path, data: Path, preset: str) -> dict[str, float]:
@@ -44,7 +48,7 @@ def run_in(root: Path, data: Path, preset: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--preset", choices=PRESETS, action="append", help="default: both")
+    parser.add_argument("--preset", choices=PRESETS, action="append", help="default: all three")
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes per preset and checkout (median)")
     parser.add_argument("--old", type=Path, help="another checkout to time the same way (e.g. a git worktree)")
     parser.add_argument("--worker", choices=PRESETS, help=argparse.SUPPRESS)
@@ -54,6 +58,7 @@ def main() -> None:
         return
     checkouts = {"new": ROOT, **({"old": args.old.resolve()} if args.old else {})}
     print(f"{'preset':<9}{'code':<5}{'train s':>9}{'fit s':>8}{'events/s':>10}{'loss':>9}  runs (train s)")
+    new_seconds: dict[str, float] = {}
     for preset in args.preset or PRESETS:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
         for _ in range(args.repeats):  # old and new back to back: a shared machine's load hits both alike
@@ -68,6 +73,10 @@ def main() -> None:
         if "old" in medians:
             ratio = medians["old"]["seconds"] / medians["new"]["seconds"]
             print(f"{preset:<9}speed-up (old / new train s): {ratio:.2f}x")
+        new_seconds[preset] = medians["new"]["seconds"]
+    if {"default", "bpr-max"} <= new_seconds.keys():
+        print(f"default_train_s={new_seconds['default']:.1f} bprmax_train_s={new_seconds['bpr-max']:.1f} "
+              f"default_over_bprmax={new_seconds['default'] / new_seconds['bpr-max']:.2f}")
 
 
 if __name__ == "__main__":
