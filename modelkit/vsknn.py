@@ -107,8 +107,12 @@ class VSKNNNumpy:
         self.k, self.sample_size, self.weighting, self.similarity = k, sample_size, weighting, similarity
         self.n_items = index.session_items.shape[1]
         self.max_len = self.state_size = max_len
-        self.item_sessions = index.session_items.T.tocsr()  # (n_items, n_sessions): item -> sessions
-        self.session_sizes = np.diff(index.session_items.indptr).astype(np.float64)  # distinct items per session
+        # Sessions renumbered by recency (oldest first), so a candidate's column is its recency rank: a prefix's
+        # most recent candidates are the last of its row, found without sorting.
+        self.session_of_rank = np.argsort(index.recency)  # (n_sessions,) session number at each recency rank
+        self.recent_items = index.session_items[self.session_of_rank].tocsr()  # (n_sessions, n_items) by rank
+        self.item_sessions = self.recent_items.T.tocsr()  # (n_items, n_sessions): item -> sessions, by rank
+        self.session_sizes = np.diff(self.recent_items.indptr).astype(np.float64)  # distinct items, by rank
 
     def initial_state(self, n_sessions: int) -> np.ndarray:  # (n_sessions, max_len)
         return empty_windows(n_sessions, self.max_len)
@@ -143,24 +147,26 @@ class VSKNNNumpy:
         return sp.csr_matrix((weights, (row_of[keep], items[keep])), shape=(n_rows, self.n_items), dtype=np.float64)
 
     def neighbours(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
-        """Similarity of each prefix to its selected neighbours, (len(prefixes), n_sessions) CSR."""
-        return self._neighbours(self.prefix_matrix(prefixes))
+        """Similarity of each prefix to its selected neighbours, (len(prefixes), n_sessions) CSR by session number."""
+        by_rank = self._neighbours(self.prefix_matrix(prefixes))
+        result = sp.csr_matrix((by_rank.data, self.session_of_rank[by_rank.indices], by_rank.indptr),
+                               shape=by_rank.shape)
+        result.sort_indices()
+        return result
 
     def _neighbours(self, prefix: sp.csr_matrix) -> sp.csr_matrix:
+        """The selected neighbours' similarities, (n_prefixes, n_sessions) CSR with sessions by recency rank."""
         sims = (prefix @ self.item_sessions).tocsr()  # nonzero exactly for sessions sharing an item
-        sims.sort_indices()
+        sims.sort_indices()  # within a row: oldest candidate first
+        row_of = np.repeat(np.arange(sims.shape[0]), np.diff(sims.indptr))  # (nnz,) each candidate's prefix
         if self.similarity == "cosine":
             prefix_sizes = np.diff(prefix.indptr).astype(np.float64)
-            row_of = np.repeat(np.arange(sims.shape[0]), np.diff(sims.indptr))
             sims.data /= np.sqrt(prefix_sizes[row_of] * self.session_sizes[sims.indices])
-        row_of = np.repeat(np.arange(sims.shape[0]), np.diff(sims.indptr))  # (nnz,) each candidate's prefix
-        recency = self.index.recency[sims.indices]  # (nnz,) unique within a row
-        keep = np.ones(sims.nnz, dtype=bool)
-        if self.sample_size:  # each prefix's sample_size most recent candidates
-            keep[np.lexsort((-recency, row_of))[_ranks_within(row_of, sims.shape[0]) >= self.sample_size]] = False
-        # Then the top k by similarity; among equal similarities at the cut the more recent session wins.
-        kept = np.flatnonzero(keep)
-        order = kept[np.lexsort((-recency[kept], -sims.data[kept], row_of[kept]))]
+        newest_first = np.arange(sims.nnz)[::-1]  # rows in reverse too: the sort below groups them again
+        if self.sample_size:  # each prefix's sample_size most recent candidates: the last of its row
+            newest_first = newest_first[(sims.indptr[row_of + 1] - 1 - np.arange(sims.nnz))[::-1] < self.sample_size]
+        # Then the top k by similarity; among equal similarities the more recent session (stable sort) wins.
+        order = newest_first[np.lexsort((-sims.data[newest_first], row_of[newest_first]))]
         top = order[_ranks_within(row_of[order], sims.shape[0]) < self.k]
         result = sp.csr_matrix((sims.data[top], (row_of[top], sims.indices[top])), shape=sims.shape)
         result.sort_indices()
@@ -171,7 +177,7 @@ class VSKNNNumpy:
         return self._score(self.prefix_matrix(prefixes))
 
     def _score(self, prefix: sp.csr_matrix) -> np.ndarray:  # (n_prefixes, n_items) CSR -> dense scores
-        scores = (self._neighbours(prefix) @ self.index.session_items).toarray()
+        scores = (self._neighbours(prefix) @ self.recent_items).toarray()
         scores *= self.index.item_factor
         return scores
 
