@@ -91,6 +91,7 @@ class BlendNumpy:
         self.n_items = members[0].n_items
         self.bounds = np.cumsum([0, *(member.state_size for member in members)])  # member i: [bounds[i], bounds[i+1])
         self.state_size = int(self.bounds[-1])
+        self.window = max(member.window for member in members)  # the longest windowed member's
 
     def _parts(self, states: np.ndarray) -> list[np.ndarray]:  # (batch, state_size) -> each member's columns
         return [states[:, start:stop] for start, stop in zip(self.bounds[:-1], self.bounds[1:], strict=True)]

@@ -26,6 +26,7 @@ class SessionModel(Protocol):
     family: str
     n_items: int
     state_size: int  # float32 values per session state
+    window: int  # a state depends on the session's last ``window`` clicks only; 0: on all of them (recurrent)
 
     def initial_state(self, n_sessions: int) -> np.ndarray:
         """States of sessions with no click yet: (n_sessions, state_size) float32."""

@@ -68,6 +68,7 @@ class GRU4RecNumpy:
     """Inference-only GRU4REC over plain arrays (a ``SessionModel``): the state is every layer's hidden vector."""
 
     family = "gru4rec"
+    window = 0  # the hidden state carries the whole session
 
     def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
         self.embedding = np.ascontiguousarray(weights[WEIGHT_EMBEDDING], dtype=np.float32)

@@ -106,7 +106,7 @@ class SASRecNumpy:
         self.n_items, self.hidden_size = self.items.shape
         self.max_len = len(self.positions)
         self.n_heads = n_heads
-        self.state_size = self.max_len
+        self.state_size = self.window = self.max_len
 
     def initial_state(self, n_sessions: int) -> np.ndarray:  # (n_sessions, max_len)
         return empty_windows(n_sessions, self.max_len)

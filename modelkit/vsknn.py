@@ -106,7 +106,7 @@ class VSKNNNumpy:
         self.index = index
         self.k, self.sample_size, self.weighting, self.similarity = k, sample_size, weighting, similarity
         self.n_items = index.session_items.shape[1]
-        self.max_len = self.state_size = max_len
+        self.max_len = self.state_size = self.window = max_len
         # Sessions renumbered by recency (oldest first), so a candidate's column is its recency rank: a prefix's
         # most recent candidates are the last of its row, found without sorting.
         self.session_of_rank = np.argsort(index.recency)  # (n_sessions,) session number at each recency rank

@@ -136,13 +136,16 @@ def process_batch(
     """Apply each session's clicks in order, batched across sessions, and predict after every click.
 
     Clicks on items the model does not know leave the model state as it is (they still enter the ring);
-    a session with no known click yet gets the popularity top-k.
+    a session with no known click yet gets the popularity top-k. The ring keeps the last ``ring_size`` clicks,
+    or the model's window if that is longer: a windowed model's state rebuilt from the ring after a model swap
+    is then the state of the whole session.
 
     The model step, the top-k, the online ranks and the item lookups run on NumPy arrays per click position
     (the n-th fresh click of every session at once); the Python left per click is the duplicate check, the ring
     and the Prediction JSON.
     """
     outcome = BatchOutcome()
+    ring_size = max(ring_size, model.window)
     session_ids = list(clicks_by_session)
     current: list[SessionState] = []
     fresh: list[list[Click]] = []

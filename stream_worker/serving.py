@@ -41,6 +41,7 @@ class ServingModel:
         self.family = artifact.manifest.model_family
         self.artifact_path = artifact.path
         self.network = artifact.model()
+        self.window = self.network.window  # clicks a state depends on (0: all); the ring keeps at least these
         self.item_ids = artifact.item_index.ids  # (n_items,) object
         self._index_of_id = {item_id: i for i, item_id in enumerate(self.item_ids.tolist())}
         self._index_of_hash = {item_hash(item_id): i for item_id, i in self._index_of_id.items()}

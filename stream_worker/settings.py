@@ -66,7 +66,7 @@ class WorkerSettings(BaseSettings):
         "the next one is processed (1: one batch at a time)")
     session_ttl_s: float = Field(default=1800, gt=0)
     expiry_interval_s: float = Field(default=60.0, gt=0, description="how often expired sessions are swept")
-    ring_size: int = Field(default=50, ge=1)
+    ring_size: int = Field(default=50, ge=1, description="item hashes kept per session (at least the model's window)")
     standby_replicas: int = Field(default=0, ge=0)
     session_timeout_s: float = Field(default=6.0, gt=0, description="group session timeout (tansu: joins wait ~half)")
     commit_interval_s: float = Field(default=1.0, gt=0)

@@ -105,6 +105,26 @@ def test_duplicates_unknown_items_and_popularity_fallback(tmp_path: Path) -> Non
     assert again.states["a"].known_count == 2 and again.states["a"].last_offset == 8
 
 
+def test_the_ring_keeps_a_windowed_models_whole_window(tmp_path: Path) -> None:
+    """A ring shorter than the served model's window grows to it, so the next SASRec version rebuilds exactly the
+    state of the whole session; a ring kept under GRU4REC (no window) stays at the configured size."""
+    gru, sasrec = _model(tmp_path, "v1", seed=0, family="gru4rec"), _model(tmp_path, "v2", seed=1, family="sasrec")
+    sasrec_next = _model(tmp_path, "v3", seed=2, family="sasrec")
+    assert (gru.window, sasrec.window) == (0, SASREC_MAX_LEN)
+    clicks = [_click("a", f"i{i}", n) for n, i in enumerate([3, 9, 4, 12, 30, 5])]
+
+    def kept_by(model: ServingModel) -> SessionState:
+        return process_batch(model, {"a": clicks[:5]}, {}, k=5, ring_size=2, received_at=0.0).states["a"]
+
+    assert len(kept_by(gru).ring) == 2 and len(kept_by(sasrec).ring) == SASREC_MAX_LEN
+    fresh = process_batch(sasrec_next, {"a": clicks}, {}, k=5, ring_size=2, received_at=0.0).states["a"]
+    after = {name: process_batch(sasrec_next, {"a": clicks[5:]}, {"a": kept_by(model)}, k=5, ring_size=2,
+                                 received_at=0.0) for name, model in (("gru4rec", gru), ("sasrec", sasrec))}
+    assert after["gru4rec"].recomputed == after["sasrec"].recomputed == 1
+    np.testing.assert_allclose(after["sasrec"].states["a"].model_state, fresh.model_state, atol=1e-6)
+    assert not np.allclose(after["gru4rec"].states["a"].model_state, fresh.model_state, atol=1e-6)
+
+
 @pytest.mark.parametrize(("old_family", "new_family"),
                          [("gru4rec", "gru4rec"), ("gru4rec", "sasrec"), ("sasrec", "gru4rec"), ("sasrec", "sasrec")])
 def test_model_change_recomputes_state_from_ring(tmp_path: Path, old_family: str, new_family: str) -> None:
