@@ -41,7 +41,8 @@ def held_out_ranks(models: Sequence[SessionModel], sessions: SessionArrays, cand
     predictions = np.maximum(sessions.lengths - 1, 0)  # (n_sessions,)
     from_end = np.cumsum(predictions[::-1])  # (n_sessions,) next clicks of the newest k + 1 sessions
     first = sessions.n_sessions - max(int(np.searchsorted(from_end, max_predictions, side="right")), 1)
-    ranks = np.full((len(candidates), sessions.n_events), -1, dtype=np.int64)
+    base = int(sessions.offsets[first])  # first event scored
+    ranks = np.full((len(candidates), sessions.n_events - base), -1, dtype=np.int64)
     weights = (candidates / candidates.sum(axis=1, keepdims=True)).astype(np.float32)  # (n_candidates, n_members)
     for start in range(first, sessions.n_sessions, SESSIONS_PER_CHUNK):
         chunk = np.arange(start, min(start + SESSIONS_PER_CHUNK, sessions.n_sessions))
@@ -60,7 +61,7 @@ def held_out_ranks(models: Sequence[SessionModel], sessions: SessionArrays, cand
                 for weight, part in zip(row, parts, strict=True):
                     if weight > 0:
                         blended += weight * part
-                ranks[number, current + 1] = target_ranks(blended, targets)
+                ranks[number, current + 1 - base] = target_ranks(blended, targets)
     return ranks[:, ranks[0] >= 0]
 
 
