@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def held_out_ranks(models: Sequence[SessionModel], sessions: SessionArrays, cand
 class WeightFit:
     """The chosen weights and the held-out figures behind the choice (Recall@20, MRR@20)."""
 
-    weights: tuple[float, ...]  # one per member, summing to 1
+    weights: tuple[float, ...]  # one per candidate column (fit_weights: per member), summing to 1
     recall: float
     mrr: float
     prior_recall: float
@@ -113,13 +113,23 @@ def choose_weights(ranks: np.ndarray, candidates: np.ndarray, prior: Sequence[fl
                      int(ranks.shape[1]))
 
 
-def fit_weights(models: Sequence[SessionModel], held_out: SessionArrays, prior: Sequence[float], combine: str,
-                step: float, tolerance: float, max_predictions: int) -> WeightFit:
-    """Blend weights for ``models`` (trained without ``held_out``) chosen on the next clicks of ``held_out``: the
-    grid of ``step``, plus the prior, through ``choose_weights``."""
-    prior_weights = np.asarray(prior, dtype=np.float64) / np.sum(prior)
-    candidates = np.vstack([weight_grid(len(models), step), prior_weights])
-    ranks = held_out_ranks(models, held_out, candidates, combine, max_predictions)
+def fit_weights(models: Sequence[SessionModel], held_out: SessionArrays, prior: Sequence[float],
+                families: Sequence[int], combine: str, step: float, tolerance: float, max_predictions: int
+                ) -> WeightFit:
+    """Blend weights for ``models`` (trained without ``held_out``) chosen on the next clicks of ``held_out``.
+
+    The grid of ``step`` (plus the prior) weighs families, not members: ``families`` numbers each member's family
+    (0, 1, ...), and a family's runs (seeds) share its weight equally, so the grid stays small however many runs
+    there are. ``choose_weights`` picks among the family weightings; the result is per member.
+    """
+    family_of = np.asarray(families, dtype=np.int64)  # (n_members,)
+    runs = np.bincount(family_of)  # (n_families,) members per family
+    prior_weights = np.bincount(family_of, weights=np.asarray(prior, dtype=np.float64)).astype(np.float64)
+    prior_families = prior_weights / prior_weights.sum()  # (n_families,)
+    candidates = np.vstack([weight_grid(len(runs), step), prior_families])  # (n_candidates, n_families)
+    ranks = held_out_ranks(models, held_out, candidates[:, family_of] / runs[family_of], combine, max_predictions)
     if ranks.shape[1] == 0:
         raise ValueError("the held-out sessions have no next click to fit blend weights on")
-    return choose_weights(ranks, candidates, prior_weights, tolerance)
+    fit = choose_weights(ranks, candidates, prior_families.tolist(), tolerance)
+    chosen = np.asarray(fit.weights)[family_of] / runs[family_of]  # (n_members,)
+    return replace(fit, weights=tuple(float(weight) for weight in chosen))

@@ -11,7 +11,7 @@ import pytest
 from modelkit.blend import BlendNumpy
 from modelkit.gru4rec import GRU4RecNumpy, initial_weights
 from modelkit.item_index import ItemIndex
-from offline.blend_fit import choose_weights, held_out_ranks, weight_grid
+from offline.blend_fit import choose_weights, fit_weights, held_out_ranks, weight_grid
 from offline.blend_params import BlendParams
 from offline.evaluate import ModelScorer, evaluation_ranks
 from offline.hyperparams import GRU4RecParams
@@ -77,6 +77,17 @@ def test_held_out_ranks_keep_the_newest_whole_sessions_up_to_the_cap() -> None:
     newest = (sessions.lengths - 1)[-5:].sum()  # next clicks of the newest 5 sessions
     capped = held_out_ranks(members, sessions, np.ones((1, 1)), "probability", max_predictions=int(newest))
     np.testing.assert_array_equal(capped, everything[:, -newest:])
+
+
+def test_the_runs_of_one_family_share_its_weight() -> None:
+    sessions = to_sessions(_frame(40, seed=4), ItemIndex([str(i) for i in range(20)]))
+    members = [GRU4RecNumpy(initial_weights(n_items=20, layers=(6,), seed=seed)) for seed in (0, 1, 2)]
+    fit = fit_weights(members, sessions, [0.1, 0.1, 0.8], families=[0, 0, 1], combine="log-probability", step=0.25,
+                      tolerance=0.0, max_predictions=10_000)
+    candidates = np.vstack([weight_grid(2, 0.25), [0.2, 0.8]])  # the grid is over the two families
+    ranks = held_out_ranks(members, sessions, candidates[:, [0, 0, 1]] / [2, 2, 1], "log-probability", 10_000)
+    by_family = choose_weights(ranks, candidates, [0.2, 0.8], tolerance=0.0).weights
+    assert fit.weights == pytest.approx((by_family[0] / 2, by_family[0] / 2, by_family[1]))
 
 
 def test_training_fits_the_weights_on_the_newest_sessions(caplog: pytest.LogCaptureFixture) -> None:
