@@ -353,7 +353,7 @@ class STANScorer(VSKNNScorer):
         votes = neighbours.data[event_pair[keep]] * weight[keep]
         scores = sp.coo_matrix((votes, (pair_prefix[event_pair[keep]], event_item[keep])),
                                shape=(n_prefixes, n_items)).toarray()  # duplicates (neighbours) summed
-        scores *= self.model.index.item_factor
+        scores *= self.model.item_factor
         return scores
 
 

@@ -103,7 +103,6 @@ class VSKNNNumpy:
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}; expected one of {SIMILARITIES}")
         position_weights(np.zeros(1), weighting)  # validates the name
-        self.index = index
         self.k, self.sample_size, self.weighting, self.similarity = k, sample_size, weighting, similarity
         self.n_items = index.session_items.shape[1]
         self.max_len = self.state_size = self.window = max_len
@@ -113,6 +112,7 @@ class VSKNNNumpy:
         self.recent_items = index.session_items[self.session_of_rank].tocsr()  # (n_sessions, n_items) by rank
         self.item_sessions = self.recent_items.T.tocsr()  # (n_items, n_sessions): item -> sessions, by rank
         self.session_sizes = np.diff(self.recent_items.indptr).astype(np.float64)  # distinct items, by rank
+        self.item_factor = index.item_factor  # (n_items,); the index itself is not kept: its rows are reordered above
 
     def initial_state(self, n_sessions: int) -> np.ndarray:  # (n_sessions, max_len)
         return empty_windows(n_sessions, self.max_len)
@@ -178,7 +178,7 @@ class VSKNNNumpy:
 
     def _score(self, prefix: sp.csr_matrix) -> np.ndarray:  # (n_prefixes, n_items) CSR -> dense scores
         scores = (self._neighbours(prefix) @ self.recent_items).toarray()
-        scores *= self.index.item_factor
+        scores *= self.item_factor
         return scores
 
 
