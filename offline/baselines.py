@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from modelkit.vsknn import SessionIndex, VSKNNNumpy
+from modelkit.vsknn import VSKNNNumpy
 from offline.session_arrays import SessionArrays
+from offline.vsknn_train import session_index
 
 SR_WEIGHTINGS = ("div", "linear", "same")
 
@@ -25,11 +26,6 @@ def _check_rows(rows: np.ndarray, items: np.ndarray, n_sessions: int, n_items: i
         raise IndexError(f"session rows must lie in 0..{n_sessions - 1}; call reset() first")
     if len(items) and (items.min() < 0 or items.max() >= n_items):
         raise ValueError(f"items must lie in 0..{n_items - 1}")
-
-
-def _event_sessions(train: SessionArrays) -> np.ndarray:
-    """Session index of every training event, (n_events,)."""
-    return np.repeat(np.arange(train.n_sessions, dtype=np.int64), train.lengths)
 
 
 def sr_gap_weight(gap: int, weighting: str) -> float:
@@ -96,7 +92,7 @@ class SequentialRulesScorer:
 
     def _build_rules(self, train: SessionArrays) -> sp.csr_matrix:
         items = train.item_idx.astype(np.int64)
-        sessions = _event_sessions(train)
+        sessions = train.event_sessions
         sources, targets, weights = [], [], []
         for gap in range(1, self.steps + 1):
             weight = sr_gap_weight(gap, self.weighting)
@@ -162,8 +158,7 @@ class VSKNNScorer:
         _check_train(train, n_items)
         self.name = "vsknn"
         self.n_items = n_items
-        index = SessionIndex.build(_event_sessions(train), train.item_idx.astype(np.int64), train.timestamps,
-                                   train.n_sessions, n_items, idf)
+        index = session_index(train, n_items, idf)
         self.model = VSKNNNumpy(index, k, sample_size, weighting, similarity, max_len=1)  # (whole prefixes here)
         self._prefixes: list[list[int]] = []
 

@@ -88,7 +88,7 @@ def last_item_sessions(sessions: SessionArrays, allowed: np.ndarray | None = Non
     if allowed is not None:
         known &= np.asarray(allowed, dtype=bool)[np.where(known, items, 0)]
     lengths = sessions.lengths
-    of_event = np.repeat(np.arange(sessions.n_sessions), lengths)
+    of_event = sessions.event_sessions
     last_known = np.zeros(sessions.n_sessions, dtype=bool)
     non_empty = lengths > 0
     last_known[non_empty] = known[sessions.offsets[1:][non_empty] - 1]

@@ -34,6 +34,11 @@ class SessionArrays:
         return np.diff(self.offsets)
 
     @property
+    def event_sessions(self) -> np.ndarray:  # (n_events,) int64
+        """The session number of every event."""
+        return np.repeat(np.arange(self.n_sessions, dtype=np.int64), self.lengths)
+
+    @property
     def start_times(self) -> np.ndarray:  # (n_sessions,)
         return self.timestamps[self.offsets[:-1]]
 

@@ -13,6 +13,14 @@ from offline.vsknn_params import VSKNNParams
 from schemas.manifest import HyperValue
 
 
+def session_index(data: SessionArrays, n_items: int, idf: bool) -> SessionIndex:
+    """The V-SKNN index of every session of ``data`` (items must be known: no UNKNOWN_ITEM)."""
+    if data.n_events and data.item_idx.min() < 0:
+        raise ValueError("V-SKNN sessions contain unknown items; filter them first")
+    return SessionIndex.build(data.event_sessions, data.item_idx.astype(np.int64), data.timestamps, data.n_sessions,
+                              n_items, idf)
+
+
 class VSKNNTrainer:
     """A ``Trainer`` whose weights are the session index (``modelkit.vsknn.SessionIndex.arrays``)."""
 
@@ -26,11 +34,7 @@ class VSKNNTrainer:
     def fit(self, data: SessionArrays, progress: bool = True) -> TrainingReport:
         """Index every session of ``data`` (items must be known: no UNKNOWN_ITEM)."""
         started = time.perf_counter()
-        if data.n_events and data.item_idx.min() < 0:
-            raise ValueError("V-SKNN sessions contain unknown items; filter them first")
-        event_sessions = np.repeat(np.arange(data.n_sessions, dtype=np.int64), data.lengths)
-        self.index = SessionIndex.build(event_sessions, data.item_idx.astype(np.int64), data.timestamps,
-                                        data.n_sessions, self.n_items, self.params.idf)
+        self.index = session_index(data, self.n_items, self.params.idf)
         return TrainingReport(seconds=time.perf_counter() - started, events=data.n_events)
 
     def weights(self) -> dict[str, np.ndarray]:
