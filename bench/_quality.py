@@ -13,6 +13,7 @@ import pandas as pd
 from _support import per_event_us
 
 from modelkit.artifact import load_artifact
+from modelkit.blend import member_fields
 from offline.blend_params import BlendParams
 from offline.hyperparams import XE_REFERENCE, GRU4RecParams
 from offline.pipeline import TrainingParams, evaluate_artifact, evaluate_baselines, train_version
@@ -67,8 +68,7 @@ def run_protocols(train: pd.DataFrame, test: pd.DataFrame, title: str, protocols
 
 def default_weights(hyperparameters: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
     """One line: the default blend's member weights and, when fitted, the held-out figures behind them."""
-    weights = ", ".join(f"{hyperparameters[f'm{i}.family']} {hyperparameters[f'm{i}.weight']:.3g}"
-                        for i in range(int(hyperparameters["members"])))
+    weights = ", ".join(f"{member['family']} {member['weight']:.3g}" for member in member_fields(hyperparameters))
     if "blend_fit_mrr@20" not in metrics:
         return f"default blend weights: {weights} (fixed)"
     return (f"default blend weights: {weights}, fitted on {metrics['blend_fit_predictions']:.0f} held-out next "

@@ -154,9 +154,9 @@ def _train_blend(sessions: SessionArrays, params: BlendParams, item_index: ItemI
     fit_metrics: dict[str, float] = {}
     if held_out is not None:
         family_names = [family for family, *_ in members]
-        families = [list(dict.fromkeys(family_names)).index(family) for family in family_names]
-        fit = fit_weights(older_models, held_out, shares, families, params.combine, params.fit_step,
-                          params.fit_tolerance, params.fit_max_predictions)
+        numbers = {family: number for number, family in enumerate(dict.fromkeys(family_names))}
+        fit = fit_weights(older_models, held_out, shares, [numbers[family] for family in family_names],
+                          params.combine, params.fit_step, params.fit_tolerance, params.fit_max_predictions)
         log.info("blend weights %s (prior %s): held-out Recall@20 %.4f / MRR@20 %.4f (prior %.4f / %.4f, best "
                  "member %.4f / %.4f, %d next clicks)", _rounded(fit.weights), _rounded(shares), fit.recall, fit.mrr,
                  fit.prior_recall, fit.prior_mrr, fit.best_member_recall, fit.best_member_mrr, fit.n_predictions)
